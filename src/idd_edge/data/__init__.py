@@ -1,0 +1,1 @@
+"""Data stages: synthetic IDD generation, polygon -> mask conversion, split organisation."""
