@@ -1,0 +1,38 @@
+# idd-edge: the two commands of the README bootstrap their own environment from uv.lock.
+#   make repro   -> dvc repro of the default pipeline (synthetic IDD, CPU)
+#   make test    -> the test suite
+# Needs only python3 (3.10+), git and make: uv is installed into .tools/ from PyPI, then `uv sync --frozen`
+# installs exactly the versions in uv.lock into .venv/.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: env repro test params bench clean-env
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+env: $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+
+repro: env
+	$(VENV)/bin/dvc repro
+
+params: env
+	$(VENV)/bin/idd-edge params
+
+# pytest exits 5 when it collects no test; that is reported, not hidden, but is not a failure of the tree.
+test: env
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: env
+	@for b in benchmarks/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+clean-env:
+	rm -rf $(TOOLS) $(VENV)
