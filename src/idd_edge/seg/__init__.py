@@ -1,0 +1,1 @@
+"""Semantic segmentation: models, training, distillation, evaluation and run comparison."""
