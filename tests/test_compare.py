@@ -19,6 +19,7 @@ from idd_edge.seg.compare import (
     RevSnapshot,
     WorkspaceSnapshot,
     compare,
+    default_diff_pairs,
     format_losses,
     load_runs,
     render_markdown,
@@ -278,3 +279,11 @@ def test_all_experiments_and_unknown_revision(dvc_repo, compare_cli, monkeypatch
     assert snapshot.list_dirs("artifacts/seg") == ["kd_s", "teacher"]
     assert snapshot.list_dirs(os.fspath(dvc_repo / "artifacts" / "seg")) == ["kd_s", "teacher"]  # absolute path
     assert [s.name for s in snapshots_for(["exp-low"], dvc_repo)] == ["workspace", "exp-low"]
+
+
+def test_default_diff_pairs_match_baseline_and_kd_of_the_same_student(workspace):
+    write_run(workspace, "kd_other", "kd", 0.5)  # no baseline_other: no pair
+    write_run(workspace, "baseline_deeplab", "baseline", 0.55, evaluate=False)
+    write_run(workspace, "kd_deeplab", "kd", 0.57)  # baseline not evaluated: no pair
+    records = compare([WorkspaceSnapshot()]).records
+    assert default_diff_pairs(records) == [("workspace:baseline_lraspp", "workspace:kd_lraspp")]

@@ -250,3 +250,15 @@ def test_iou_deltas():
     assert deltas["a"] == 0.25 and deltas["b"] is None and deltas["d"] is None
     assert math.isclose(deltas["c"], -0.1)
     assert list(deltas) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_accumulation_stays_on_the_device():
+    rng = np.random.default_rng(13)
+    pred, target = random_labels(rng, (2, 64, 64), 26)
+    cm = torch.zeros((26, 26), dtype=torch.int64, device="cuda")
+    update_confusion(cm, torch.from_numpy(pred).cuda(), torch.from_numpy(target).cuda())
+    assert cm.device.type == "cuda"
+    np.testing.assert_array_equal(cm.cpu().numpy(), loop_confusion(pred, target, 26))
+    with pytest.raises(ValueError, match="ground truth .*: 30"):
+        confusion_matrix(torch.zeros(3, dtype=torch.long, device="cuda"), torch.tensor([0, 30, 255], device="cuda"), 26)

@@ -338,6 +338,18 @@ def compare(snapshots: Sequence[Snapshot], runs_dir: str = DEFAULT_RUNS_DIR,
     return comparison
 
 
+def default_diff_pairs(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
+    """(baseline, kd) run references of the same student, experiment and label level: the comparison
+    that says what distillation changed per class (`baseline_<student>` vs `kd_<student>`)."""
+    by_key = {(r.experiment, r.label_level, r.train["role"], r.run.partition("_")[2]): r for r in records}
+    pairs = []
+    for (experiment, level, role, student), record in by_key.items():
+        baseline = by_key.get((experiment, level, "baseline", student))
+        if role == "kd" and baseline is not None and record.eval and baseline.eval:
+            pairs.append((baseline.ref, record.ref))
+    return pairs
+
+
 def _record_order(experiment_rank: Mapping[str, int]) -> Any:
     roles = list(ROLE_TITLES)
     levels = list(LEVEL_CLASS_NAMES)
