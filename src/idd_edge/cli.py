@@ -21,6 +21,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.data.synth",
     "idd_edge.data.convert",
     "idd_edge.data.split",
+    "idd_edge.yolo.bridge",
     "idd_edge.seg.compare",
 )
 
