@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from idd_edge.labels import LABELS, LEVEL_CLASS_NAMES, VOID, id_to_encoding_lut, num_classes
 from idd_edge.seg.metrics import (
+    _bincount_on_device,
     confusion_matrix,
     iou_deltas,
     level_class_map,
@@ -134,6 +135,32 @@ def test_numpy_and_torch_inputs_give_identical_matrices():
         cm = confusion_matrix(p, t, 16)
         assert isinstance(cm, np.ndarray) and cm.dtype == np.int64
         np.testing.assert_array_equal(cm, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.uint64])
+def test_every_integer_dtype(dtype):
+    rng = np.random.default_rng(17)
+    pred, target = random_labels(rng, (5, 31), 26)
+    ignore = 127 if dtype == np.int8 else VOID
+    target[target == VOID] = ignore
+    expected = loop_confusion(pred, target, 26, ignore_index=ignore)
+    cm = confusion_matrix(pred.astype(dtype), target.astype(dtype), 26, ignore_index=ignore)
+    np.testing.assert_array_equal(cm, expected)
+
+
+def test_accelerator_path_matches_reference_when_run_on_cpu():
+    """The torch-only path used for GPU tensors (CPU tensors take the faster numpy path)."""
+    rng = np.random.default_rng(19)
+    pred, target = random_labels(rng, (3, 21, 17), 26)
+    counts = _bincount_on_device(torch.from_numpy(pred), torch.from_numpy(target), 26, VOID)
+    assert counts.dtype == torch.int64
+    np.testing.assert_array_equal(counts.numpy(), loop_confusion(pred, target, 26))
+    empty = _bincount_on_device(torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8), 4, VOID)
+    assert empty.shape == (4, 4) and int(empty.sum()) == 0
+    with pytest.raises(ValueError, match=r"ground truth .*: 40, 77"):
+        _bincount_on_device(torch.zeros(4, dtype=torch.long), torch.tensor([77, 40, 255, 0]), 26, VOID)
+    with pytest.raises(ValueError, match=r"prediction .*: 26"):
+        _bincount_on_device(torch.tensor([26, 0]), torch.tensor([255, 0]), 26, VOID)
 
 
 def test_update_confusion_accumulates_in_place_numpy_and_torch():

@@ -67,43 +67,64 @@ def _torch():
 
 
 def _bincount_torch(pred: Any, target: Any, n: int, ignore_index: int) -> Any:
-    """(n, n) int64 torch confusion matrix on the inputs' device."""
+    """(n, n) int64 torch confusion matrix on the inputs' device (GPU inputs are counted there)."""
     torch = _torch()
     if not _is_torch(pred):
         pred = torch.as_tensor(np.asarray(pred), device=target.device)
     if not _is_torch(target):
         target = torch.as_tensor(np.asarray(target), device=pred.device)
     _check_pair(pred, target)
+    if pred.device.type == "cpu" and target.device.type == "cpu":
+        # numpy's bincount on zero-copy views beats torch's CPU kernels several times over
+        return torch.from_numpy(_bincount_numpy(pred.detach().numpy(), target.detach().numpy(), n, ignore_index))
+    return _bincount_on_device(pred, target, n, ignore_index)
+
+
+def _bincount_on_device(pred: Any, target: Any, n: int, ignore_index: int) -> Any:
+    """The accelerator path: torch ops only, on `target`'s device (tests run it on CPU tensors)."""
+    torch = _torch()
+    _check_pair(pred, target)
     pred = pred.reshape(-1).to(device=target.device, dtype=torch.int64)
     target = target.reshape(-1).to(torch.int64)
+    keep = (target >= 0) & (target < n)
     if pred.numel():
-        # One host sync for both range checks; the bad values are only gathered on failure.
+        # One host sync for both range checks (no data copy); bad values are only gathered on failure.
         pred_bad = (pred < 0) | (pred >= n)
-        target_bad = (target != ignore_index) & ((target < 0) | (target >= n))
+        target_bad = ~keep & (target != ignore_index)
         flags = torch.stack((pred_bad.any(), target_bad.any())).tolist()
         if flags[0]:
             _raise_out_of_range("prediction", torch.unique(pred[pred_bad]).tolist(), n, ignore_index=None)
         if flags[1]:
             _raise_out_of_range("ground truth", torch.unique(target[target_bad]).tolist(), n, ignore_index)
-    keep = target != ignore_index
-    counts = torch.bincount(target[keep] * n + pred[keep], minlength=n * n)
-    return counts.reshape(n, n)
+    # Ignored pixels go to one extra bin instead of being masked out: boolean indexing would force a
+    # host sync on the GPU to learn the result's size.
+    index = torch.where(keep, target * n + pred, n * n)
+    return torch.bincount(index, minlength=n * n + 1)[: n * n].reshape(n, n)
 
 
 def _bincount_numpy(pred: np.ndarray, target: np.ndarray, n: int, ignore_index: int) -> np.ndarray:
     pred, target = np.asarray(pred), np.asarray(target)
     _check_pair(pred, target)
-    pred = pred.reshape(-1).astype(np.int64, copy=False)
-    target = target.reshape(-1).astype(np.int64, copy=False)
-    if pred.size:
-        pred_bad = (pred < 0) | (pred >= n)
-        if pred_bad.any():
-            _raise_out_of_range("prediction", np.unique(pred[pred_bad]).tolist(), n, ignore_index=None)
-        target_bad = (target != ignore_index) & ((target < 0) | (target >= n))
+    pred, target = pred.reshape(-1), target.reshape(-1)
+    if pred.size and (pred.min() < 0 or pred.max() >= n):
+        _raise_out_of_range("prediction", np.unique(pred[(pred < 0) | (pred >= n)]).tolist(), n, ignore_index=None)
+    keep = target < n
+    if np.issubdtype(target.dtype, np.signedinteger):
+        keep &= target >= 0
+    all_kept = bool(keep.all())
+    if not all_kept:
+        target_bad = ~keep & (target != ignore_index)
         if target_bad.any():
             _raise_out_of_range("ground truth", np.unique(target[target_bad]).tolist(), n, ignore_index)
-    keep = target != ignore_index
-    counts = np.bincount(target[keep] * n + pred[keep], minlength=n * n)
+    # Indices in a small integer type (n * n + n fits easily); values at ignored pixels may wrap around
+    # but are overwritten with the extra bin n * n, which is dropped.
+    index_type = np.int32 if n * (n + 1) < 2**31 else np.int64
+    index = target.astype(index_type)
+    index *= n
+    index += pred.astype(index_type, copy=False)  # validated: 0..n-1
+    if not all_kept:
+        index[~keep] = n * n
+    counts = np.bincount(index, minlength=n * n + 1)[: n * n]
     return counts.reshape(n, n).astype(np.int64, copy=False)
 
 
