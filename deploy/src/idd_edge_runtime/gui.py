@@ -142,7 +142,9 @@ class MainWindow(QtWidgets.QMainWindow):
         except SourceError as exc:
             self._show_message(str(exc))
             return False
-        self.pipeline = Pipeline(self.engine, self._source, self.settings, on_frame=self._on_frame, on_message=self.message.emit)
+        self.pipeline = Pipeline(
+            self.engine, self._source, self.settings, on_frame=self._on_frame, on_message=self.message.emit, banner=False
+        )
         self.pipeline.start()
         self._show_message(f"playing {spec}")
         return True

@@ -7,7 +7,7 @@ LUT, blended with `cv2.addWeighted` (integer SIMD), and each instance touches on
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -43,23 +43,42 @@ def draw_instances(
     alpha: float,
     labels: bool = True,
 ) -> None:
-    """Tint each instance's mask pixels with its class colour and draw its box, inside its box only."""
+    """Tint each instance's mask pixels with its class colour (inside its box only), then draw boxes and labels.
+
+    Two passes, so a later instance's tint never covers an earlier instance's label.
+    """
     for i in range(len(detections)):
         x0, y0, x1, y1 = (int(v) for v in detections.mask_regions[i])
         mask = detections.masks[i]
-        class_id = int(detections.class_ids[i])
-        color = colors[class_id % len(colors)]
         if mask.size and x1 > x0 and y1 > y0:
             roi = out[y0:y1, x0:x1]
+            color = colors[int(detections.class_ids[i]) % len(colors)]
             tinted = cv2.addWeighted(roi, 1.0 - alpha, np.full_like(roi, color), alpha, 0.0)
             np.copyto(roi, tinted, where=mask[:, :, None])
+    for i in range(len(detections)):
+        class_id = int(detections.class_ids[i])
+        color = colors[class_id % len(colors)]
         bx0, by0, bx1, by1 = (int(round(float(v))) for v in detections.boxes[i])
         cv2.rectangle(out, (bx0, by0), (bx1, by1), color, 2)
         if labels:
             name = names[class_id] if class_id < len(names) else str(class_id)
-            text = f"{name} {float(detections.scores[i]):.2f}"
-            cv2.putText(out, text, (bx0, max(by0 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(out, text, (bx0, max(by0 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+            _label(out, f"{name} {float(detections.scores[i]):.2f}", (bx0, by0), color)
+
+
+def _text_scale(out: np.ndarray) -> float:
+    """Font scale that reads the same at 320 px and 1920 px wide frames."""
+    return min(max(out.shape[1] / 1400.0, 0.35), 1.2)
+
+
+def _label(out: np.ndarray, text: str, corner: Tuple[int, int], background: Color) -> None:
+    """Text on a filled box of the class colour, above `corner` (inside the frame when at the top edge)."""
+    scale = _text_scale(out)
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = corner
+    top = y - height - baseline - 2 if y - height - baseline - 2 >= 0 else y
+    cv2.rectangle(out, (x, top), (x + width + 2, top + height + baseline + 2), background, cv2.FILLED)
+    text_color = (0, 0, 0) if sum(background) > 380 else (255, 255, 255)
+    cv2.putText(out, text, (x + 1, top + height + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, text_color, 1, cv2.LINE_AA)
 
 
 def box_blur(image: np.ndarray, size: int) -> np.ndarray:
@@ -113,8 +132,6 @@ def blur_label_pixels(out: np.ndarray, labels: np.ndarray, private_ids: Sequence
     return True
 
 
-def draw_status(out: np.ndarray, text: str, corner: Optional[Tuple[int, int]] = None) -> None:
-    """A readable one-line banner (model, backend, FPS) in the top-left corner."""
-    origin = corner or (8, 22)
-    cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+def draw_status(out: np.ndarray, text: str) -> None:
+    """A readable one-line banner (model, overlays, FPS) in the top-left corner."""
+    _label(out, text, (0, 0), (32, 32, 32))
