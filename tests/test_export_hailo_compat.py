@@ -102,3 +102,9 @@ def test_errors_come_before_warnings():
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), helper.make_node("Erf", ["t"], ["y"])]
     severities = [f.severity for f in check_hailo_compat(_graph(nodes))]
     assert severities == [ERROR, WARNING]
+
+
+def test_only_the_part_before_the_end_nodes_is_scanned():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="head"), helper.make_node("Erf", ["r"], ["y"], name="host_tail")]
+    assert _kinds(check_hailo_compat(_graph(nodes))) == {("Erf", ERROR)}
+    assert check_hailo_compat(_graph(nodes), end_nodes=["head"]) == []

@@ -23,6 +23,11 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.data.split",
     "idd_edge.yolo.bridge",
     "idd_edge.seg.compare",
+    "idd_edge.export.onnx_export",
+    "idd_edge.export.calibrate",
+    "idd_edge.export.quantize",
+    "idd_edge.export.compile_hef",
+    "idd_edge.export.gate",
 )
 
 log = logging.getLogger("idd_edge")

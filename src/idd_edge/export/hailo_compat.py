@@ -57,9 +57,14 @@ class CompatFinding:
         return f"{self.severity}: {self.op_type} node {self.node!r}: {self.problem}"
 
 
-def check_hailo_compat(model: onnx.ModelProto) -> list[CompatFinding]:
-    """All known Hailo compatibility problems of `model` (errors first, then warnings, in graph order)."""
+def check_hailo_compat(model: onnx.ModelProto, end_nodes: Iterable[str] | None = None) -> list[CompatFinding]:
+    """All known Hailo compatibility problems of `model` (errors first, then warnings, in graph order).
+
+    With `end_nodes`, only the part of the graph the chip runs is scanned (the end nodes and everything
+    they depend on); what follows them (e.g. YOLO box decoding) runs on the host.
+    """
     graph = model.graph
+    on_chip = _ancestors(graph, set(end_nodes)) if end_nodes is not None else None
     constants = _constant_values(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -71,6 +76,8 @@ def check_hailo_compat(model: onnx.ModelProto) -> list[CompatFinding]:
     findings = list(_input_findings(graph))
     for index, node in enumerate(graph.node):
         name = node.name or f"#{index}"
+        if on_chip is not None and name not in on_chip:
+            continue
         if node.op_type in UNSUPPORTED_OPS:
             findings.append(CompatFinding(name, node.op_type, ERROR, UNSUPPORTED_OPS[node.op_type]))
         elif node.op_type in ("Resize", "Upsample"):
@@ -86,6 +93,23 @@ def check_hailo_compat(model: onnx.ModelProto) -> list[CompatFinding]:
             findings.append(CompatFinding(name, "Clip", ERROR,
                                           "decomposed hard-sigmoid/hard-swish (Add +3, Clip 0..6, /6); use Sigmoid/SiLU"))
     return sorted(findings, key=lambda finding: finding.severity != ERROR)
+
+
+def _ancestors(graph: onnx.GraphProto, end_nodes: set[str]) -> set[str]:
+    """Names of `end_nodes` and of every node they depend on."""
+    missing = end_nodes - {node.name for node in graph.node}
+    if missing:
+        raise ValueError(f"end nodes {sorted(missing)} are not in the graph")
+    producers = {output: node for node in graph.node for output in node.output}
+    keep: set[str] = set()
+    stack = [node for node in graph.node if node.name in end_nodes]
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep.add(node.name)
+        stack.extend(producers[tensor] for tensor in node.input if tensor in producers)
+    return keep
 
 
 def errors(findings: Iterable[CompatFinding]) -> list[CompatFinding]:

@@ -10,7 +10,9 @@ absolute logit difference and the share of pixels whose argmax agrees are record
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import logging
 import warnings
 from collections.abc import Iterable, Sequence
@@ -19,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from idd_edge import atomic
-from idd_edge.errors import StageError
-from idd_edge.export import hailo_compat
+from idd_edge.errors import InputError, StageError
 from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single, sha256_file
 
 log = logging.getLogger(__name__)
 
+YOLO_NAME = "yolov8n_seg"
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 LABELS_NAME = "labels"
@@ -46,6 +47,8 @@ class Parity:
 
 def export_to_onnx(model: Any, input_hw: tuple[int, int], opset: int, simplify: bool = True) -> onnx.ModelProto:
     """Trace `model` (an nn.Module returning one (1, C, H, W) tensor) into a checked, static ONNX graph."""
+    import onnx
+
     import torch
 
     model = model.eval()
@@ -76,6 +79,8 @@ def export_to_onnx(model: Any, input_hw: tuple[int, int], opset: int, simplify: 
 
 def append_argmax(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a logits graph ending in ArgMax over classes: output `labels`, (1, 1, H, W) int64."""
+    import onnx
+
     graph_output = model.graph.output[0]
     dims = [dim.dim_value for dim in graph_output.type.tensor_type.shape.dim]
     with_argmax = onnx.ModelProto()
@@ -130,13 +135,16 @@ def hailo_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     }
 
 
-def compat_findings(model: onnx.ModelProto, name: str, mode: str) -> list[hailo_compat.CompatFinding]:
-    """Scan for Hailo problems; in mode "error" any error-level finding stops the stage."""
+def compat_findings(model: onnx.ModelProto, name: str, mode: str,
+                    end_nodes: Sequence[str] | None = None) -> list[Any]:
+    """Scan for Hailo problems (up to `end_nodes`); in mode "error" any error-level finding stops the stage."""
+    from idd_edge.export import hailo_compat
+
     if mode not in COMPAT_MODES:
         raise ValueError(f"hailo_compat mode must be one of {COMPAT_MODES}, got {mode!r}")
     if mode == "off":
         return []
-    findings = hailo_compat.check_hailo_compat(model)
+    findings = hailo_compat.check_hailo_compat(model, end_nodes)
     for finding in findings:
         log.warning("%s: Hailo compatibility %s", name, finding)
     blocking = hailo_compat.errors(findings)
@@ -166,6 +174,8 @@ def export_model(
     Fails (StageError) when ONNX Runtime agrees with PyTorch on fewer than `min_argmax_agreement` of
     the parity pixels, or (in compat mode "error") when the graph has known Hailo blockers.
     """
+    import onnx
+
     logits_model = export_to_onnx(model, input_hw, opset, simplify)
     final = append_argmax(logits_model) if argmax else logits_model
     findings = compat_findings(final, name, hailo_compat_mode)
@@ -201,3 +211,109 @@ def _describe(output: Any) -> str:
     if hasattr(output, "shape"):
         return f"a tensor of shape {tuple(output.shape)}"
     return type(output).__name__
+
+
+def export_semantic_run(run_dir: Path, out_dir: Path, val_dir: Path, level: str, *, opset: int, argmax: bool,
+                        simplify: bool, parity_images: int, min_argmax_agreement: float,
+                        hailo_compat_mode: str) -> dict[str, Any]:
+    """Export one trained run (`model.pt` + `model.json`) with parity measured on validation images."""
+    from idd_edge.export.evaluate import validation_dataset
+    from idd_edge.seg import load_trained
+
+    model, info = load_trained(run_dir)
+    if info["label_level"] != level:
+        raise InputError(run_dir / "model.json", f"trained for {info['label_level']}, but the pipeline is at {level}; "
+                         "retrain or set label_level")
+    size_hw = (int(info["input_size"][0]), int(info["input_size"][1]))
+    dataset = validation_dataset(val_dir, level, size_hw)  # the training code's own validation transform
+    parity_inputs = [dataset[i][0][None].numpy() for i in range(min(parity_images, len(dataset)))]
+    normalization = info["normalization"]
+    metadata = {
+        "role": "semantic",
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "weights_sha256": sha256_file(run_dir / "model.pt"),
+        "model": info["model"].get("name"),
+        "label_level": level,
+        "class_names": list(info["class_names"]),
+        "preprocess": "resize",
+        "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
+    }
+    return export_model(model, run_dir.name, size_hw, out_dir, parity_inputs, opset=opset, argmax=argmax,
+                        simplify=simplify, min_argmax_agreement=min_argmax_agreement,
+                        hailo_compat_mode=hailo_compat_mode, metadata=metadata)
+
+
+def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mode: str) -> dict[str, Any]:
+    """Bring the YOLO branch's ONNX (its own export stage, parity checked there) into the deployment chain:
+    copy it, record its input contract and Hailo end nodes, and scan the on-chip part for blockers."""
+    import onnx
+
+    from idd_edge.yolo.export import ONNX_NAME, SIDECAR_NAME
+
+    sidecar_path = yolo_dir / SIDECAR_NAME
+    try:
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(sidecar_path, "YOLO export not found; run `idd-edge yolo-export` first") from None
+    model = onnx.load(str(yolo_dir / ONNX_NAME))
+    end_nodes = list(sidecar["hailo_end_nodes"])
+    findings = compat_findings(model, name, hailo_compat_mode, end_nodes)
+    onnx_path = out_dir / "model.onnx"
+    atomic.write_bytes(onnx_path, model.SerializeToString())
+    record = {
+        "name": name,
+        "role": "instance",
+        "source": str(yolo_dir / ONNX_NAME),
+        "label_level": None,
+        "class_names": list(sidecar["classes"]),
+        "preprocess": "letterbox",
+        "normalization": {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]},  # the 1/255 input scale
+        "postprocess": sidecar["postprocess"],
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "opset": sidecar["opset"],
+        "input": {"name": sidecar["input"]["name"], "shape": sidecar["input"]["shape"], "layout": "NCHW", "dtype": "float32"},
+        "output": {"name": "output0", "kind": "yolov8-seg", "shape": sidecar["outputs"].get("output0")},
+        "hailo": {"start_nodes": [sidecar["input"]["name"]], "end_nodes": end_nodes},
+        "hailo_compat": [finding.as_dict() for finding in findings],
+        "parity": {"max_relative_diff": sidecar["parity_max_relative_diff"]},
+    }
+    atomic.write_json(out_dir / "export.json", record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="deployable models -> ONNX (static, parity-checked, Hailo-scanned)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from idd_edge import config
+
+    params = config.load_params(args.params)
+    cfg = config.section(params, "export", args.params)
+    level = config.section(params, "label_level", args.params)
+    val_dir = Path(config.section(params, "split.out", args.params)) / level["dir_name"] / "val"
+    out_root, runs_dir = Path(cfg["out"]), Path(cfg["runs_dir"])
+    runs = list(cfg["models"]) + (["teacher"] if cfg["teacher"] else [])
+    summary = {}
+    for run in runs:
+        record = export_semantic_run(
+            runs_dir / run, out_root / run, val_dir, level["name"], opset=int(cfg["opset"]), argmax=bool(cfg["argmax"]),
+            simplify=bool(cfg["simplify"]), parity_images=int(cfg["parity_images"]),
+            min_argmax_agreement=float(cfg["min_argmax_agreement"]), hailo_compat_mode=str(cfg["hailo_compat"]),
+        )
+        summary[run] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
+    if cfg["yolo"]:
+        yolo_dir = Path(config.section(params, "yolo.export.out", args.params))
+        record = adopt_yolo_export(yolo_dir, out_root / YOLO_NAME, YOLO_NAME, str(cfg["hailo_compat"]))
+        summary[YOLO_NAME] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
+    atomic.write_json(Path(cfg["metrics"]), summary)
+    log.info("exported %d model(s) to %s", len(summary), out_root)
+    return 0

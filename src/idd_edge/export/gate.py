@@ -1,0 +1,298 @@
+"""`idd-edge gate`: measured accuracy of every deployable format against PyTorch fp32, and the verdict.
+
+Per model the chain PyTorch fp32 -> ONNX fp32 -> ONNX int8 -> Hailo emulation (when a HEF was built) is
+scored on the validation split with one evaluator (semantic: mIoU and per-class IoU with the training
+metrics). A format passes when its overall score drops by at most `max_drop` points and no class present
+in validation drops by more than `max_class_drop` points; a model passes when every gated format that
+could be evaluated passes. Failed models stay out of the device bundle, and the report names the
+classes that regressed. Results: `quantization.md` (for people), `quantization.json` (DVC metrics) and
+per-class delta plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from idd_edge import atomic
+from idd_edge.errors import InputError, StageError
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "pytorch_fp32"
+FORMATS = ("onnx_fp32", "onnx_int8", "hailo_emulation")
+FORMAT_TITLES = {"pytorch_fp32": "PyTorch fp32", "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8 (QDQ)",
+                 "hailo_emulation": "Hailo emulation (SDK_QUANTIZED)"}
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Allowed drops in points (percent units): overall score, and any class present in validation."""
+
+    max_drop: float = 1.0
+    max_class_drop: float = 5.0
+    formats: tuple[str, ...] = FORMATS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown:
+            raise InputError(None, f"gate.formats: unknown format(s) {sorted(unknown)}; choose from {FORMATS}")
+        if self.max_drop < 0 or self.max_class_drop < 0:
+            raise InputError(None, "gate.max_drop and gate.max_class_drop must be >= 0")
+
+
+def semantic_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """Gate view of semantic evaluation scores: overall mIoU, per-class IoU, classes present in validation."""
+    return {
+        "metric": "miou",
+        "value": scores["miou"],
+        "per_class": dict(scores["per_class_iou"]),
+        "present": [name for name, count in scores["gt_pixels"].items() if count > 0],
+        "images": scores.get("images"),
+    }
+
+
+def compare_format(reference: Mapping[str, Any], candidate: Mapping[str, Any], thresholds: GateThresholds) -> dict[str, Any]:
+    """Drops of `candidate` vs `reference` in points, the classes beyond the class threshold, the verdict."""
+    if reference["value"] is None or candidate["value"] is None:
+        raise StageError("cannot gate a format without an overall score (no labelled validation pixels?)")
+    drop = 100.0 * (reference["value"] - candidate["value"])
+    class_deltas: dict[str, float | None] = {}
+    regressed: dict[str, float] = {}
+    for name in reference["per_class"]:
+        before, after = reference["per_class"].get(name), candidate["per_class"].get(name)
+        delta = None if before is None or after is None else 100.0 * (after - before)
+        class_deltas[name] = delta
+        if name in reference["present"]:
+            # A class present in validation whose IoU vanished (None) counts as a total loss.
+            effective = delta if delta is not None else -100.0 * (before or 0.0)
+            if -effective > thresholds.max_class_drop:
+                regressed[name] = effective
+    reasons = []
+    if drop > thresholds.max_drop:
+        reasons.append(f"{reference['metric']} drops {drop:.2f} points (max {thresholds.max_drop:g})")
+    if regressed:
+        listed = ", ".join(f"{name} {delta:+.1f}" for name, delta in sorted(regressed.items(), key=lambda kv: kv[1]))
+        reasons.append(f"classes regressed by more than {thresholds.max_class_drop:g} points: {listed}")
+    return {
+        "value": candidate["value"],
+        "drop_points": drop,
+        "class_delta_points": class_deltas,
+        "regressed_classes": regressed,
+        "passed": not reasons,
+        "reasons": reasons,
+    }
+
+
+def gate_model(name: str, evaluations: Mapping[str, Mapping[str, Any] | None], thresholds: GateThresholds,
+               not_evaluated: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Verdict for one model. `evaluations` maps format -> gate scores (None = not evaluated, with the
+    reason in `not_evaluated`); the reference (PyTorch fp32) must be present."""
+    reference = evaluations.get(REFERENCE)
+    if reference is None:
+        raise StageError(f"{name}: no {REFERENCE} evaluation to compare against")
+    formats: dict[str, Any] = {}
+    skipped = dict(not_evaluated or {})
+    for fmt in FORMATS:
+        scores = evaluations.get(fmt)
+        if scores is None:
+            skipped.setdefault(fmt, "not evaluated")
+            continue
+        result = compare_format(reference, scores, thresholds)
+        result["gated"] = fmt in thresholds.formats
+        formats[fmt] = result
+    failed = [fmt for fmt, result in formats.items() if result["gated"] and not result["passed"]]
+    messages = [f"{name} {FORMAT_TITLES[fmt]}: " + "; ".join(formats[fmt]["reasons"]) for fmt in failed]
+    return {
+        "name": name,
+        "metric": reference["metric"],
+        "reference": {"format": REFERENCE, "value": reference["value"], "per_class": reference["per_class"],
+                      "present": reference["present"], "images": reference.get("images")},
+        "formats": formats,
+        "not_evaluated": {fmt: reason for fmt, reason in skipped.items() if fmt not in formats},
+        "passed": not failed,
+        "failed_formats": failed,
+        "messages": messages,
+    }
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def _delta(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def render_report(results: Sequence[Mapping[str, Any]], thresholds: GateThresholds, plots: Mapping[str, str]) -> str:
+    """Markdown: one summary table, then per model the per-class table and what failed."""
+    lines = [
+        "# Quantization accuracy gate",
+        "",
+        f"Reference: PyTorch fp32 on the validation split. A format fails when its overall score drops by more "
+        f"than {thresholds.max_drop:g} points or any class present in validation drops by more than "
+        f"{thresholds.max_class_drop:g} points. Gated formats: {', '.join(thresholds.formats)}.",
+        "",
+        "| model | metric | PyTorch fp32 | " + " | ".join(FORMAT_TITLES[f] for f in FORMATS) + " | gate |",
+        "|---|---|---|" + "---|" * len(FORMATS) + "---|",
+    ]
+    for result in results:
+        cells = []
+        for fmt in FORMATS:
+            entry = result["formats"].get(fmt)
+            cells.append("not evaluated" if entry is None else
+                         f"{_points(entry['value'])} ({_delta(-entry['drop_points'])})" + ("" if entry["passed"] else " ✗"))
+        lines.append(f"| {result['name']} | {result['metric']} | {_points(result['reference']['value'])} | "
+                     + " | ".join(cells) + f" | {'pass' if result['passed'] else '**FAIL**'} |")
+    for result in results:
+        lines += ["", f"## {result['name']}", ""]
+        if result["messages"]:
+            lines += [f"- **excluded from the bundle**: {message}" for message in result["messages"]] + [""]
+        for fmt, reason in result["not_evaluated"].items():
+            lines.append(f"- {FORMAT_TITLES[fmt]}: not evaluated ({reason})")
+        evaluated = [fmt for fmt in FORMATS if fmt in result["formats"]]
+        lines += ["", "| class | PyTorch fp32 | " + " | ".join(f"{FORMAT_TITLES[f]} Δ" for f in evaluated) + " |",
+                  "|---|---|" + "---|" * len(evaluated)]
+        for name, value in result["reference"]["per_class"].items():
+            marks = []
+            for fmt in evaluated:
+                delta = result["formats"][fmt]["class_delta_points"].get(name)
+                flag = " ✗" if name in result["formats"][fmt]["regressed_classes"] else ""
+                marks.append(_delta(delta) + flag)
+            present = "" if name in result["reference"]["present"] else " (absent from val)"
+            lines.append(f"| {name}{present} | {_points(value)} | " + " | ".join(marks) + " |")
+        for fmt in evaluated:
+            if f"{result['name']}/{fmt}" in plots:
+                lines += ["", f"![{result['name']} {fmt}]({plots[result['name'] + '/' + fmt]})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_gate_outputs(results: Sequence[Mapping[str, Any]], thresholds: GateThresholds, report_path: Path,
+                       metrics_path: Path, plot_dir: Path | None) -> dict[str, Any]:
+    """quantization.json (DVC metrics), per-class delta plots and quantization.md."""
+    plots: dict[str, str] = {}
+    if plot_dir is not None:
+        from idd_edge.seg.plots import plot_iou_diff
+
+        for result in results:
+            if result["metric"] != "miou":
+                continue
+            for fmt, entry in result["formats"].items():
+                candidate = {name: None if delta is None or result["reference"]["per_class"][name] is None
+                             else result["reference"]["per_class"][name] + delta / 100.0
+                             for name, delta in entry["class_delta_points"].items()}
+                path = plot_dir / f"{result['name']}_{fmt}.png"
+                plot_iou_diff(result["reference"]["per_class"], candidate, path, labels=("PyTorch fp32", FORMAT_TITLES[fmt]))
+                plots[f"{result['name']}/{fmt}"] = Path(_relative(path, report_path.parent)).as_posix()
+    metrics = {
+        "thresholds": {"max_drop_points": thresholds.max_drop, "max_class_drop_points": thresholds.max_class_drop,
+                       "formats": list(thresholds.formats)},
+        "models": {result["name"]: result for result in results},
+        "passed": [result["name"] for result in results if result["passed"]],
+        "failed": [result["name"] for result in results if not result["passed"]],
+    }
+    atomic.write_json(metrics_path, metrics)
+    atomic.write_text(report_path, render_report(results, thresholds, plots))
+    return metrics
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("gate", help="accuracy gate: fp32 vs ONNX int8 vs Hailo emulation on validation")
+    parser.add_argument("--params", default="params.yaml")
+    parser.set_defaults(handler=_run)
+
+
+def thresholds_from_config(cfg: Mapping[str, Any]) -> GateThresholds:
+    return GateThresholds(max_drop=float(cfg["max_drop"]), max_class_drop=float(cfg["max_class_drop"]),
+                          formats=tuple(cfg["formats"]))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from idd_edge import config
+    from idd_edge.export import preprocessing
+
+    params = config.load_params(args.params)
+    cfg = config.section(params, "gate", args.params)
+    thresholds = thresholds_from_config(cfg)
+    level = config.section(params, "label_level", args.params)
+    val_dir = Path(config.section(params, "split.out", args.params)) / level["dir_name"] / "val"
+    exports = preprocessing.load_exports(Path(config.section(params, "export.out", args.params)))
+    quant_dir = Path(config.section(params, "quantize.out", args.params))
+    hailo_dir = Path(config.section(params, "compile.out", args.params))
+    results = []
+    for record in exports:
+        if record["role"] == "semantic":
+            results.append(_gate_semantic(record, val_dir, level["name"], quant_dir, hailo_dir, cfg["max_images"], thresholds))
+        else:
+            log.warning("%s: instance models are not gated yet; left out of the bundle", record["name"])
+    if not results:
+        raise StageError("no model to gate")
+    metrics = write_gate_outputs(results, thresholds, Path(cfg["report"]), Path(cfg["metrics"]),
+                                 Path(cfg["plots"]) if cfg["plots"] else None)
+    for result in results:
+        if result["passed"]:
+            log.info("%s: passed the accuracy gate", result["name"])
+        for message in result["messages"]:
+            log.warning("gate failed, left out of the bundle: %s", message)
+    if metrics["failed"] and cfg["fail_on_reject"]:
+        raise StageError("models failed the accuracy gate: " + " | ".join(m for r in results for m in r["messages"]))
+    return 0
+
+
+def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_dir: Path, hailo_dir: Path,
+                   max_images: int | None, thresholds: GateThresholds) -> dict[str, Any]:
+    """Score PyTorch fp32, ONNX fp32, ONNX int8 (and read the Hailo emulation score) of one semantic model."""
+    from idd_edge.export import evaluate, preprocessing
+    from idd_edge.export.onnx_io import onnx_session
+    from idd_edge.labels import LEVEL_CLASS_NAMES
+    from idd_edge.seg import load_trained
+
+    name = record["name"]
+    dataset = evaluate.validation_dataset(val_dir, level, preprocessing.input_hw(record))
+    preprocess = preprocessing.preprocess_fn(record)
+    mean, std = record["normalization"]["mean"], record["normalization"]["std"]
+
+    def score(predict: evaluate.Predictor, fmt: str) -> dict[str, Any]:
+        raw = evaluate.evaluate_semantic(predict, dataset, preprocess, LEVEL_CLASS_NAMES[level], max_images, f"{name} {fmt}")
+        return semantic_scores(raw)
+
+    model, _info = load_trained(Path(record["run_dir"]))
+    evaluations: dict[str, Any] = {REFERENCE: score(evaluate.torch_predictor(model, mean, std), REFERENCE)}
+    evaluations["onnx_fp32"] = score(evaluate.onnx_predictor(onnx_session(record["path"]), mean, std), "onnx_fp32")
+    not_evaluated: dict[str, str] = {}
+    int8_path = quant_dir / name / "model_int8.onnx"
+    if int8_path.is_file():
+        evaluations["onnx_int8"] = score(evaluate.onnx_predictor(onnx_session(int8_path), mean, std), "onnx_int8")
+    else:
+        not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
+    compiled = _read_json(hailo_dir / name / "compile.json")
+    if compiled and compiled.get("built") and compiled.get("emulation"):
+        evaluations["hailo_emulation"] = semantic_scores(compiled["emulation"])
+    elif compiled and compiled.get("built"):
+        not_evaluated["hailo_emulation"] = "HEF built but its emulation was not scored"
+    else:
+        not_evaluated["hailo_emulation"] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+    return gate_model(name, evaluations, thresholds, not_evaluated)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON: {exc}") from None

@@ -1,0 +1,226 @@
+"""Contract test of the Hailo DFC flow against a stand-in `hailo_sdk_client` that records every call.
+
+The real DFC is proprietary (not on PyPI), so this is the one place a fake is allowed. The stand-in
+checks nothing itself; it records the calls, and the test asserts the exact sequence, node names,
+model-script text and calibration array the real `ClientRunner` would receive. Its emulator runs the
+ONNX model with ONNX Runtime after applying the model script's normalization to the raw input, so the
+emulation score equals the fp32 ONNX score exactly when the script's normalization is the model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import json
+import os
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from idd_edge.errors import StageError
+from idd_edge.export import compile_hef, evaluate
+from idd_edge.export.compile_hef import HailoSettings, ModelTarget, compile_all, model_script, parse_compile_log
+from idd_edge.export.onnx_export import export_model
+from idd_edge.export.onnx_io import onnx_session, run_single
+from idd_edge.export.preprocessing import resize_rgb
+from idd_edge.labels import LEVEL_CLASS_NAMES
+from tests.export_support import TinySegNet, make_split
+
+MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+LEVEL = "level1"
+CLASSES = LEVEL_CLASS_NAMES[LEVEL]
+
+
+def make_standin_sdk(calls: list) -> types.ModuleType:
+    """A `hailo_sdk_client` module recording calls into `calls`."""
+    sdk = types.ModuleType("hailo_sdk_client")
+    sdk.__spec__ = importlib.machinery.ModuleSpec("hailo_sdk_client", None)
+    sdk.__version__ = "3.33.0"
+    sdk.InferenceContext = types.SimpleNamespace(SDK_NATIVE="SDK_NATIVE", SDK_FP_OPTIMIZED="SDK_FP_OPTIMIZED",
+                                                 SDK_QUANTIZED="SDK_QUANTIZED")
+
+    class ClientRunner:
+        def __init__(self, hw_arch=None, har=None):
+            calls.append(("ClientRunner", {"hw_arch": hw_arch, "har": har}))
+            self.onnx_path, self.script = None, ""
+
+        def translate_onnx_model(self, model, net_name, start_node_names=None, end_node_names=None, net_input_shapes=None):
+            calls.append(("translate_onnx_model", {"model": model, "net_name": net_name, "start_node_names": start_node_names,
+                                                   "end_node_names": end_node_names, "net_input_shapes": net_input_shapes}))
+            self.onnx_path = model
+            return "hn", "npz"
+
+        def save_har(self, path):
+            calls.append(("save_har", {"path": path}))
+            Path(path).write_bytes(b"HAR standin")
+
+        def load_model_script(self, script):
+            calls.append(("load_model_script", {"script": script}))
+            self.script = script
+
+        def optimize(self, calib_data):
+            calls.append(("optimize", {"calib_data": calib_data}))
+            print("[info] Reducing optimization level to 0 (the stand-in says what the DFC says)", flush=True)
+
+        @contextlib.contextmanager
+        def infer_context(self, context):
+            calls.append(("infer_context", {"context": context}))
+            yield context
+
+        def infer(self, context, data):
+            calls.append(("infer", {"context": context, "shape": data.shape, "dtype": str(data.dtype)}))
+            mean, std = (np.array(json.loads(v)) for v in re.search(r"normalization\((\[.*?\]), (\[.*?\])\)", self.script).groups())
+            normalized = ((data - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+            return run_single(onnx_session(self.onnx_path), normalized).transpose(0, 2, 3, 1)  # NHWC like the DFC
+
+        def compile(self):
+            calls.append(("compile", {}))
+            os.write(1, b"[info] Model FPS (post-allocation): 605.732\n")  # native code writes to the fd
+            return b"HEF standin bytes"
+
+    sdk.ClientRunner = ClientRunner
+    return sdk
+
+
+@pytest.fixture
+def exported(tmp_path):
+    make_split(tmp_path / "splits", "val", 3, len(CLASSES), size_hw=(40, 56), seed=1)
+    net = TinySegNet(num_classes=len(CLASSES))
+    record = export_model(net, "tiny", (32, 32), tmp_path / "export" / "tiny", [np.zeros((1, 3, 32, 32), np.float32)], opset=13)
+    target = ModelTarget(name="tiny", onnx_path=tmp_path / "export" / "tiny" / "model.onnx", input_hw=(32, 32),
+                         start_nodes=tuple(record["hailo"]["start_nodes"]), end_nodes=tuple(record["hailo"]["end_nodes"]),
+                         mean=MEAN, std=STD)
+    calibration = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
+    return tmp_path, target, calibration
+
+
+def _val(tmp_path: Path):
+    return evaluate.validation_dataset(tmp_path / "splits" / "val", LEVEL, (32, 32))
+
+
+def _evaluator(dataset):
+    def evaluate_emulation(infer):
+        predict = lambda batch: evaluate.nhwc_labels(infer(batch))  # noqa: E731
+        return evaluate.evaluate_semantic(predict, dataset, lambda image: resize_rgb(image, (32, 32)), CLASSES)
+    return evaluate_emulation
+
+
+def test_contract_call_sequence_nodes_script_and_calibration(exported, monkeypatch, capfd):
+    tmp_path, target, calibration = exported
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", make_standin_sdk(calls))
+    settings = HailoSettings(hw_arch="hailo8l", optimization_level=2, compression_level=0)
+    status = compile_all([(target, calibration)], tmp_path / "hailo", settings, {"tiny": _evaluator(_val(tmp_path))})
+
+    names = [name for name, _ in calls]
+    infers = names.count("infer")
+    assert infers == 3  # one per validation image
+    assert names == ["ClientRunner", "translate_onnx_model", "save_har", "load_model_script", "optimize", "save_har",
+                     "infer_context"] + ["infer"] * infers + ["compile", "save_har"]
+    args = dict((name, kwargs) for name, kwargs in calls if name != "save_har")
+    assert args["ClientRunner"]["hw_arch"] == "hailo8l"
+    assert args["translate_onnx_model"]["start_node_names"] == ["input"]
+    assert args["translate_onnx_model"]["end_node_names"] == list(target.end_nodes)
+    assert args["translate_onnx_model"]["net_input_shapes"] == {"input": [1, 3, 32, 32]}
+    assert args["translate_onnx_model"]["net_name"] == "tiny"
+    assert args["load_model_script"]["script"] == (
+        "normalization1 = normalization([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])\n"
+        "model_optimization_config(calibration, batch_size=1, calibset_size=5)\n"
+        "model_optimization_flavor(optimization_level=2, compression_level=0)\n"
+    )
+    calib = args["optimize"]["calib_data"]
+    assert isinstance(calib, np.ndarray) and calib.shape == (5, 32, 32, 3) and calib.dtype == np.float32
+    np.testing.assert_array_equal(calib, calibration)  # raw 0-255 NHWC, untouched
+    assert args["infer_context"]["context"] == "SDK_QUANTIZED"
+    assert args["infer"]["shape"] == (1, 32, 32, 3) and args["infer"]["dtype"] == "float32"
+
+    out = tmp_path / "hailo" / "tiny"
+    record = json.loads((out / "compile.json").read_text())
+    assert record == status["models"]["tiny"]
+    assert record["built"] and (out / "model.hef").read_bytes() == b"HEF standin bytes"
+    assert record["hef_bytes"] == len(b"HEF standin bytes")
+    assert record["dfc_version"] == "3.33.0" and record["hailort_version"] == "4.23" and record["hw_arch"] == "hailo8l"
+    assert record["fps_estimate"] == pytest.approx(605.732)
+    assert record["optimization_level_reduced_to"] == 0
+    assert (out / "model.alls").read_text() == args["load_model_script"]["script"]
+    assert all((out / f"{stage}.har").is_file() for stage in ("parsed", "optimized", "compiled"))
+    assert "605.732" in (out / "compile.log").read_text()
+    assert "605.732" in capfd.readouterr().err  # echoed to the user too
+    # The stand-in emulator normalises with the script's numbers: equal scores prove the script is right.
+    fp32 = evaluate.evaluate_semantic(evaluate.onnx_predictor(onnx_session(target.onnx_path), MEAN, STD),
+                                      _val(tmp_path), lambda image: resize_rgb(image, (32, 32)), CLASSES)
+    assert record["emulation"]["miou"] == pytest.approx(fp32["miou"])
+    assert status["dfc_available"] is True
+
+
+def test_yolo_script_has_class_sigmoids_and_unit_normalization():
+    target = ModelTarget(name="yolo", onnx_path=Path("y.onnx"), input_hw=(512, 512), start_nodes=("images",),
+                         end_nodes=("/model.22/proto/cv3/act/Mul",), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                         sigmoid_layers=("conv45", "conv61", "conv74"))
+    script = model_script(target, HailoSettings(optimization_level=3, compression_level=1), calibset_size=1024)
+    assert script.splitlines() == [
+        "normalization1 = normalization([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])",
+        "change_output_activation(conv45, sigmoid)",
+        "change_output_activation(conv61, sigmoid)",
+        "change_output_activation(conv74, sigmoid)",
+        "model_optimization_config(calibration, batch_size=1, calibset_size=1024)",
+        "model_optimization_flavor(optimization_level=3, compression_level=1)",
+    ]
+
+
+def test_without_the_dfc_the_stage_reports_and_builds_nothing(exported, monkeypatch):
+    tmp_path, target, calibration = exported
+    monkeypatch.delitem(sys.modules, "hailo_sdk_client", raising=False)
+    assert not compile_hef.dfc_available()
+    status = compile_all([(target, calibration)], tmp_path / "hailo", HailoSettings())
+    record = status["models"]["tiny"]
+    assert status["dfc_available"] is False and record["built"] is False
+    assert "not installed" in record["reason"] and "Hailo Developer Zone" in record["reason"]
+    assert record["emulation"] is None and record["hef"] is None
+    assert not list((tmp_path / "hailo").rglob("*.hef")) and not list((tmp_path / "hailo").rglob("*.har"))
+    assert (tmp_path / "hailo" / "tiny" / "model.alls").read_text().startswith("normalization1 = normalization(")
+    with pytest.raises(StageError, match="require is true"):
+        compile_all([(target, calibration)], tmp_path / "hailo2", HailoSettings(require=True))
+
+
+def test_a_failing_dfc_stops_the_stage_and_keeps_the_log(exported, monkeypatch):
+    tmp_path, target, calibration = exported
+    calls: list = []
+    sdk = make_standin_sdk(calls)
+
+    def broken_optimize(self, calib_data):
+        print("[error] stand-in optimizer ran out of memory", flush=True)
+        raise RuntimeError("optimization failed")
+
+    sdk.ClientRunner.optimize = broken_optimize
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", sdk)
+    with pytest.raises(StageError, match="optimization failed") as failure:
+        compile_all([(target, calibration)], tmp_path / "hailo", HailoSettings())
+    log_path = Path(str(failure.value).rsplit("full log: ", 1)[1])
+    assert "ran out of memory" in log_path.read_text()
+    assert not (tmp_path / "hailo" / "tiny").exists()  # nothing half-built in place
+
+
+def test_parse_compile_log():
+    text = "\n".join([
+        "[info] Starting Hailo allocation",
+        "[info] Model FPS estimate: 728.753",
+        "[info] 605.732 FPS post-allocation",
+        "[warning] Reducing optimization level to 0 (bias correction, AdaRound and QFT skipped)",
+    ])
+    parsed = parse_compile_log(text)
+    assert parsed["fps_estimate"] == pytest.approx(605.732)
+    assert [r["fps"] for r in parsed["fps_reports"]] == [728.753, 605.732]
+    assert parsed["optimization_level_reduced_to"] == 0
+    assert parse_compile_log("no numbers here") == {"fps_estimate": None, "fps_reports": [], "optimization_level_reduced_to": None}
+
+
+def test_settings_are_validated():
+    with pytest.raises(Exception, match="hw_arch"):
+        HailoSettings(hw_arch="hailo10h")
+    with pytest.raises(Exception, match="optimization_level"):
+        HailoSettings(optimization_level=7)
