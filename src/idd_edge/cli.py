@@ -22,6 +22,8 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.data.convert",
     "idd_edge.data.split",
     "idd_edge.yolo.bridge",
+    "idd_edge.seg.train",
+    "idd_edge.seg.evaluate",
     "idd_edge.seg.compare",
     "idd_edge.export.onnx_export",
     "idd_edge.export.calibrate",

@@ -1,0 +1,209 @@
+"""`IDDSegDataset`: image/mask pairs of `data/splits/<IDDLx>/<split>/{images,masks}` for training.
+
+As the seed (report section 5): ImageNet normalisation; training = random resized crop to the training
+size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. Masks are
+read in "automatic" mode: a mask whose values are all train ids of the level (or void) is used as is,
+otherwise it is taken as raw IDD label ids (0-39) and remapped with `labels.level_lut("id", level)`.
+The choice is per mask; a raw-id mask that happens to hold only values below the class count is
+indistinguishable from a train-id mask, so set `mask_mode: train_id` or `id` when the data is known.
+
+Bad data is an InputError naming the file: an image without mask or the reverse, unreadable files, a
+size mismatch between image and mask, values outside the label space.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from idd_edge.errors import InputError
+from idd_edge.labels import VOID, level_lut, num_classes
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_MODES = ("auto", "train_id", "id")
+NUM_IDD_IDS = 40  # official label ids 0-39 (labels.LABELS)
+
+
+class SampleError(InputError):
+    """An InputError raised while loading one sample, intact across DataLoader workers.
+
+    torch re-creates a worker's exception in the main process from one string (the formatted traceback),
+    so the single-argument form recovers `path` and `problem` from its last line."""
+
+    def __init__(self, path: Any, problem: str | None = None):
+        if problem is None:
+            last_line = str(path).rstrip().splitlines()[-1]
+            message = last_line.split(": ", 1)[1] if ": " in last_line else last_line
+            path, _, problem = message.partition(": ")
+        super().__init__(path, problem)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation of the seed: random resized crop, horizontal flip, colour jitter."""
+
+    scale: tuple[float, float] = (0.25, 1.0)  # crop area as a share of the image
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.0
+
+    @classmethod
+    def from_params(cls, cfg: dict[str, Any]) -> Augment:
+        return cls(
+            scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), hflip=float(cfg["hflip"]),
+            brightness=float(cfg["brightness"]), contrast=float(cfg["contrast"]),
+            saturation=float(cfg["saturation"]), hue=float(cfg["hue"]),
+        )
+
+
+def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of `split_dir/{images,masks}` matched by file stem, sorted by stem."""
+    image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise InputError(folder, "folder not found; run the `split` stage (idd-edge split) first")
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in images:
+            raise InputError(path, f"two images with stem {path.stem!r} ({images[path.stem].name})")
+        images[path.stem] = path
+    masks = {path.stem: path for path in sorted(mask_dir.glob("*.png"))}
+    for stem, image in images.items():
+        if stem not in masks:
+            raise InputError(image, f"no mask {mask_dir / (stem + '.png')} for this image")
+    for stem, mask in masks.items():
+        if stem not in images:
+            raise InputError(mask, f"no image {stem}.<png|jpg> in {image_dir} for this mask")
+    if not images:
+        raise InputError(image_dir, "no images (.png/.jpg) found")
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SampleError(path, "cannot read image (missing, empty or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) uint8 mask as stored."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise SampleError(path, "cannot read mask (missing, empty or not an image)")
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise SampleError(path, f"mask must be a single-channel 8-bit PNG, got shape {mask.shape} {mask.dtype}")
+    return mask
+
+
+def encode_mask(mask: np.ndarray, level: str, mode: str, path: Path) -> np.ndarray:
+    """Train ids of `level` (void 255) for a mask in train ids or raw IDD ids (see module docstring)."""
+    classes = num_classes(level)
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    not_train_ids = present[(present >= classes) & (present != VOID)]
+    if mode == "train_id" or (mode == "auto" and not_train_ids.size == 0):
+        if not_train_ids.size:
+            raise SampleError(path, f"values {not_train_ids.tolist()} outside {level} train ids 0-{classes - 1} and void {VOID}")
+        return mask
+    not_ids = present[(present >= NUM_IDD_IDS) & (present != VOID)]
+    if not_ids.size:
+        raise SampleError(
+            path, f"values {not_ids.tolist()} are neither {level} train ids (0-{classes - 1}, {VOID}) nor IDD label ids (0-{NUM_IDD_IDS - 1})"
+        )
+    return level_lut("id", level)[mask]
+
+
+class IDDSegDataset(Dataset):
+    """Normalised (3, H, W) float images and (H, W) int64 train-id masks of one split.
+
+    Args:
+        split_dir: `data/splits/<IDDLx>/<split>` with `images/` and `masks/`.
+        level: label level (`level1`, `level2`, `level3`).
+        size: (H, W) output size: the training crop and the validation resize.
+        augment: training augmentation, or None for validation (plain resize).
+        mask_mode: `auto`, `train_id` or `id` (see module docstring).
+    """
+
+    def __init__(self, split_dir: Path, level: str, size: tuple[int, int], augment: Augment | None = None,
+                 mask_mode: str = "auto"):
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+        self.split_dir = Path(split_dir)
+        self.pairs = find_pairs(self.split_dir)
+        self.level, self.size, self.augment, self.mask_mode = level, (int(size[0]), int(size[1])), augment, mask_mode
+        self.transform = build_transform(self.size, augment)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw (H, W, 3) RGB image and (H, W) train-id mask of sample `index`, checked."""
+        image_path, mask_path = self.pairs[index]
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise SampleError(
+                mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]}"
+            )
+        return image, encode_mask(mask, self.level, self.mask_mode, mask_path)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+
+        image, mask = self.load(index)
+        image_t, mask_t = self.transform(
+            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))
+        )
+        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+
+
+def build_transform(size: tuple[int, int], augment: Augment | None) -> Any:
+    """torchvision v2 pipeline applied jointly to image and mask (masks: nearest, no jitter/normalise)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    if augment is None:
+        steps: list[Any] = [v2.Resize(size, antialias=True)]
+    else:
+        steps = [
+            v2.RandomResizedCrop(size, scale=augment.scale, ratio=augment.ratio, antialias=True),
+            v2.RandomHorizontalFlip(augment.hflip),
+            v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue),
+        ]
+    steps += [
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+    return v2.Compose(steps)
+
+
+def make_loader(dataset: IDDSegDataset, batch_size: int, workers: int, train: bool) -> DataLoader:
+    """Shuffled, last-partial-batch-dropped loader for training (BatchNorm needs > 1 sample); plain for val."""
+    if train and len(dataset) < batch_size:
+        raise InputError(dataset.split_dir, f"{len(dataset)} training images, fewer than the batch size {batch_size}")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
