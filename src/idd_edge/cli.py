@@ -30,6 +30,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.export.quantize",
     "idd_edge.export.compile_hef",
     "idd_edge.export.gate",
+    "idd_edge.bundle",
 )
 
 log = logging.getLogger("idd_edge")

@@ -44,7 +44,7 @@ INSTALL_HINT = (
     "download hailo_dataflow_compiler-3.33.0-py3-none-linux_x86_64.whl (the newest DFC for Hailo-8/8L, pairs "
     "with HailoRT 4.23) from the Hailo Developer Zone (free registration), `pip install` it into this "
     "environment (x86_64 Linux, Ubuntu 22.04/24.04, Python 3.10-3.12, 16 GB RAM; a GPU is optional), then "
-    "run `dvc repro compile-hef`"
+    "run `dvc repro --force compile_hef` (DVC does not notice a newly installed DFC)"
 )
 #: DFC major.minor -> the HailoRT major.minor its HEFs need (Hailo's compatibility table, DFC 3.x).
 DFC_TO_HAILORT = {"3.27": "4.17", "3.28": "4.18", "3.29": "4.19", "3.31": "4.21", "3.32": "4.22", "3.33": "4.23"}
