@@ -31,6 +31,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.export.compile_hef",
     "idd_edge.export.gate",
     "idd_edge.bundle",
+    "idd_edge.ship",
 )
 
 log = logging.getLogger("idd_edge")
