@@ -22,6 +22,8 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.data.convert",
     "idd_edge.data.split",
     "idd_edge.yolo.bridge",
+    "idd_edge.yolo.train",
+    "idd_edge.yolo.export",
     "idd_edge.seg.train",
     "idd_edge.seg.evaluate",
     "idd_edge.seg.compare",

@@ -11,8 +11,8 @@ Both layouts meet in one path: confidence filter first (so DFL decoding and ever
 the few survivors), class-aware greedy NMS, boxes mapped back through the letterbox, and masks computed
 per detection inside its box only: the mask logits come from the prototype pixels under the box, and
 only that crop is resampled to source resolution. The result equals Ultralytics' `retina_masks=True`
-prediction (masks at native resolution, `sigmoid(c @ P) > 0.5` cropped to the box) without ever
-building a full-frame mask. Depends on NumPy only (plus the letterbox geometry); never imports torch.
+prediction (masks at native resolution, `sigmoid(c @ P) > 0.5` cropped to the box, detections with an
+empty mask dropped) without ever building a full-frame mask. Depends on NumPy only (plus the letterbox geometry); never imports torch.
 """
 
 from __future__ import annotations
@@ -204,12 +204,14 @@ def _finish(candidates: _Candidates, protos: _Protos, geometry: Letterbox, confi
         _box_mask(coefficients[i], protos, regions[i], geometry, config.mask_logit_threshold)
         for i in range(len(keep))
     ]
+    # A detection without a single mask pixel is dropped, as Ultralytics' segment predictor does.
+    has_mask = np.array([mask.any() for mask in masks], dtype=bool)
     return InstanceDetections(
-        boxes=boxes,
-        scores=candidates.scores[keep],
-        class_ids=candidates.class_ids[keep].astype(np.int64),
-        mask_regions=regions,
-        masks=masks,
+        boxes=boxes[has_mask],
+        scores=candidates.scores[keep][has_mask],
+        class_ids=candidates.class_ids[keep][has_mask].astype(np.int64),
+        mask_regions=regions[has_mask],
+        masks=[mask for mask, kept in zip(masks, has_mask) if kept],
         source_shape=geometry.source_shape,
     )
 

@@ -1,0 +1,159 @@
+"""`idd-edge yolo-train`: train Ultralytics YOLOv8n-seg on the bridged dataset, fully offline.
+
+The architecture comes from the model YAML; initial weights from a local checkpoint when one exists
+(never downloaded), otherwise training starts from scratch and says so. Writes under OUT:
+
+    train/                 the Ultralytics run (weights/best.pt, last.pt, results.csv, plots), replaced atomically
+    metrics.json           DVC metrics: best-epoch box/mask mAP50, mAP50-95, precision, recall; last losses
+    plots/losses.csv       per-epoch train/val losses (DVC plots)
+    plots/metrics.csv      per-epoch box/mask metrics (DVC plots)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from idd_edge import atomic, config
+from idd_edge.errors import InputError
+from idd_edge.yolo import results
+from idd_edge.yolo.offline import import_ultralytics
+
+log = logging.getLogger(__name__)
+
+#: Ultralytics' fp16 AMP check downloads yolo26n.pt; bf16 skips that check.
+AMP_CHOICES = (False, "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The `yolo.train` parameters (see conf/yolo.yaml)."""
+
+    model: str
+    pretrained: Path
+    epochs: int
+    imgsz: int
+    batch: int
+    workers: int
+    device: str
+    patience: int
+    amp: bool | str
+    cache: bool | str
+    plots: bool
+    seed: int
+
+    @classmethod
+    def from_params(cls, node: dict, source: str | Path) -> TrainSettings:
+        try:
+            settings = cls(
+                model=str(node["model"]), pretrained=Path(node["pretrained"]), epochs=int(node["epochs"]),
+                imgsz=int(node["imgsz"]), batch=int(node["batch"]), workers=int(node["workers"]),
+                device=str(node["device"]), patience=int(node["patience"]), amp=node["amp"],
+                cache=node["cache"], plots=bool(node["plots"]), seed=int(node["seed"]),
+            )
+        except KeyError as exc:
+            raise InputError(source, f"yolo.train is missing {exc}; recompose with `idd-edge params`") from None
+        if settings.amp not in AMP_CHOICES:
+            raise InputError(
+                source, f"yolo.train.amp must be false or bf16, got {settings.amp!r}: Ultralytics' fp16 AMP check downloads a model"
+            )
+        if settings.cache not in (False, "ram"):
+            raise InputError(source, f"yolo.train.cache must be false or ram, got {settings.cache!r} (disk writes into the dataset)")
+        if settings.imgsz % 32:
+            raise InputError(source, f"yolo.train.imgsz must be a multiple of 32 (the largest stride), got {settings.imgsz}")
+        return settings
+
+
+def transferred_weights(model_yaml: str, checkpoint: Path, num_classes: int) -> tuple[int, int]:
+    """(tensors transferred, tensors in the model) when `checkpoint` initialises `model_yaml` with `num_classes`.
+
+    Done exactly as Ultralytics' trainer does it (`SegmentationModel.load`: class branch rebuilt at the
+    source width when only the class count differs, then name-and-shape intersection).
+    """
+    import_ultralytics()
+    from ultralytics.nn.tasks import SegmentationModel, load_checkpoint
+    from ultralytics.utils.torch_utils import intersect_dicts
+
+    try:  # torch.load(weights_only=True) with Ultralytics' class allow-list (ULTRALYTICS_SAFE_LOAD, offline.py)
+        source, _ = load_checkpoint(checkpoint)
+    except (TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise InputError(checkpoint, f"not a loadable Ultralytics checkpoint: {str(exc).strip().splitlines()[0]}") from None
+    model = SegmentationModel(model_yaml, nc=num_classes, verbose=False)
+    model.load(source, verbose=False)
+    target = model.state_dict()
+    return len(intersect_dicts(source.float().state_dict(), target)), len(target)
+
+
+def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
+    """Train on `dataset` (a yolo-bridge directory with data.yaml); write OUT (see module doc); return metrics."""
+    data_yaml = dataset / "data.yaml"
+    if not data_yaml.is_file():
+        raise InputError(data_yaml, "not found; run `idd-edge yolo-bridge` first")
+    import_ultralytics()
+    import yaml
+    from ultralytics import YOLO
+
+    num_classes = len(yaml.safe_load(data_yaml.read_text())["names"])
+    init = {"weights": None, "transferred": 0, "total": 0}
+    if settings.pretrained.is_file():
+        transferred, total = transferred_weights(settings.model, settings.pretrained, num_classes)
+        init = {"weights": str(settings.pretrained), "transferred": transferred, "total": total}
+        log.info("initialising %s from %s: %d/%d tensors transferred", settings.model, settings.pretrained, transferred, total)
+    else:
+        log.warning("no pretrained weights at %s: training %s from scratch (random initialisation)", settings.pretrained, settings.model)
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = (out / ".train.staging").resolve()
+    if staging.exists():
+        shutil.rmtree(staging)
+    YOLO(settings.model, task="segment").train(
+        data=str(data_yaml.resolve()),
+        epochs=settings.epochs,
+        imgsz=settings.imgsz,
+        batch=settings.batch,
+        workers=settings.workers,
+        device=settings.device,
+        patience=settings.patience,
+        amp=settings.amp,
+        cache=settings.cache,
+        plots=settings.plots,
+        seed=settings.seed,
+        deterministic=True,
+        pretrained=str(settings.pretrained) if init["weights"] else False,
+        project=str(staging.parent),
+        name=staging.name,
+        exist_ok=True,
+        verbose=True,
+    )
+    rows = results.read_results(staging / "results.csv")
+    metrics = {**results.summarize(rows), "init": {"transferred": init["transferred"], "total": init["total"]}}
+    atomic.replace_dir(staging, out / "train")
+    atomic.write_json(out / "metrics.json", metrics)
+    for name, text in results.plot_tables(rows).items():
+        atomic.write_text(out / "plots" / name, text)
+    return metrics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("yolo-train", help="train YOLOv8n-seg on the bridged dataset (offline)")
+    parser.add_argument("dataset", type=Path, help="yolo-bridge output directory (holds data.yaml)")
+    parser.add_argument("out", type=Path, help="output directory (train/, metrics.json, plots/)")
+    parser.add_argument("--params", type=Path, default=config.PARAMS_FILE)
+    parser.set_defaults(handler=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    params = config.load_params(args.params)
+    settings = TrainSettings.from_params(config.section(params, "yolo.train", args.params), args.params)
+    metrics = train(args.dataset, args.out, settings)
+    box, mask = metrics["box"], metrics["mask"]
+    log.info(
+        "best epoch %d/%d: box mAP50 %.4f mAP50-95 %.4f | mask mAP50 %.4f mAP50-95 %.4f -> %s",
+        metrics["best_epoch"], metrics["epochs"], box["map50"], box["map50_95"], mask["map50"], mask["map50_95"],
+        args.out / "metrics.json",
+    )
+    return 0
