@@ -224,6 +224,7 @@ def test_format_preference_without_a_hailo_device(bundle: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_an_ultralytics_yolov8n_seg_export_runs_through_the_runtime(
     tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

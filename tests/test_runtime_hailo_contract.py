@@ -163,7 +163,9 @@ class FakeHailoPlatform:
                     raise RuntimeError("input format is UINT8")
                 for name, value in model.compute(frame).items():
                     out = binding.output(name).buffer
-                    assert model.formats[("output", name)] is FormatType.FLOAT32 and out.dtype == np.float32
+                    expected = np.uint8 if model.formats[("output", name)] is FormatType.UINT8 else np.float32
+                    if out.dtype != expected:
+                        raise RuntimeError(f"output {name}: buffer {out.dtype} does not match the format {expected.__name__}")
                     out[...] = value
 
         class InferModel:
@@ -314,6 +316,29 @@ def test_contract_hailort_infer_model_sequence(tmp_path: Path, fake: FakeHailoPl
     loaded.close()
     assert ("configured.__exit__", "seg.hef") in fake.calls and ("configured.__exit__", "yolo.hef") in fake.calls
     assert fake.calls[-1] == ("VDevice.release",)
+
+
+def test_contract_on_chip_argmax_stays_uint8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeHailoPlatform()
+    fake.register("seg.hef", (SEMANTIC_SIZE, SEMANTIC_SIZE, 3), lambda x: {"seg/argmax1": _semantic_logits(x).argmax(axis=2).astype(np.uint8)[..., None]})
+    fake.register("yolo.hef", (INSTANCE_SIZE, INSTANCE_SIZE, 3), _yolo_outputs)
+    bundle = _hef_bundle(tmp_path)
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["models"][3]["output"]["kind"] = "argmax"
+    write_manifest(bundle, data)
+    hp = fake.module()
+    loaded = load_runtime(bundle, backend="hailo", hailo_platform=hp)
+    try:
+        assert ("output.set_format_type", "seg/argmax1", hp.FormatType.UINT8) in fake.calls
+        engine = Engine(loaded)
+        frame = make_frame()
+        hef = engine.infer(frame, Settings(semantic="seg-logits", yolo=False))
+        onnx = engine.infer(frame, Settings(semantic="seg-argmax", yolo=False))
+        assert hef.errors == [] and hef.labels.dtype == np.uint8
+        assert (hef.labels == onnx.labels).mean() > 0.99
+        assert ("bindings.output.set_buffer", "seg/argmax1", "uint8", (SEMANTIC_SIZE, SEMANTIC_SIZE, 1)) in fake.calls
+    finally:
+        loaded.close()
 
 
 def test_contract_wrong_architecture_is_refused_before_hailort(tmp_path: Path, fake: FakeHailoPlatform) -> None:

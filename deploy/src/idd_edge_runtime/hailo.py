@@ -2,8 +2,9 @@
 
 All HEFs of the process share one VDevice created with `group_id = "SHARED"` and the ROUND_ROBIN
 scheduler, so the semantic and the YOLO HEF run on one Hailo-8/8L without manual network switching.
-Outputs are requested as FLOAT32 so HailoRT dequantises on the host side of the driver; the input is the
-raw uint8 NHWC RGB frame (the HEF's model script normalises on the chip).
+Outputs are requested as FLOAT32 so HailoRT dequantises on the host side of the driver (UINT8 for an
+on-chip argmax: class ids); the input is the raw uint8 NHWC RGB frame (the model script normalises on
+the chip).
 
 `hailo_platform` comes from Hailo's apt packages on the Pi (`hailo-all`); this module imports it lazily
 so the rest of the runtime works without it. The API sequence is pinned by a contract test with a
@@ -186,9 +187,13 @@ class HailoSession:
             infer_model.set_batch_size(1)
             infer_model.input().set_format_type(hp.FormatType.UINT8)
             self._output_names = list(infer_model.output_names)
+            # FLOAT32: HailoRT dequantises ((q - zero_point) * scale) so post-processing sees real values.
+            # An on-chip argmax is a class-id map: kept as UINT8, there is nothing to dequantise.
+            on_chip_argmax = entry.output_kind == "argmax"
+            self._output_dtype = np.uint8 if on_chip_argmax else np.float32
+            output_format = hp.FormatType.UINT8 if on_chip_argmax else hp.FormatType.FLOAT32
             for name in self._output_names:
-                # FLOAT32: HailoRT dequantises ((q - zero_point) * scale) so post-processing sees real values.
-                infer_model.output(name).set_format_type(hp.FormatType.FLOAT32)
+                infer_model.output(name).set_format_type(output_format)
             self._input_shape = tuple(int(d) for d in infer_model.input().shape)
             self._output_shapes = {name: tuple(int(d) for d in infer_model.output(name).shape) for name in self._output_names}
             self._configured = self._stack.enter_context(infer_model.configure())
@@ -208,7 +213,7 @@ class HailoSession:
     def run(self, tensor: np.ndarray) -> Dict[str, np.ndarray]:
         frame = np.ascontiguousarray(tensor[0] if tensor.ndim == 4 else tensor, dtype=np.uint8)
         # Fresh output buffers per frame: results travel to other pipeline threads while the next frame runs.
-        buffers = {name: np.empty(shape, dtype=np.float32) for name, shape in self._output_shapes.items()}
+        buffers = {name: np.empty(shape, dtype=self._output_dtype) for name, shape in self._output_shapes.items()}
         try:
             bindings = self._configured.create_bindings(output_buffers=buffers)
             bindings.input().set_buffer(frame)
