@@ -45,7 +45,7 @@ def draw_instances(
 ) -> None:
     """Tint each instance's mask pixels with its class colour (inside its box only), then draw boxes and labels.
 
-    Two passes, so a later instance's tint never covers an earlier instance's label.
+    Masks, then boxes, then labels: nothing drawn later covers an earlier instance's label.
     """
     for i in range(len(detections)):
         x0, y0, x1, y1 = (int(v) for v in detections.mask_regions[i])
@@ -57,14 +57,13 @@ def draw_instances(
             # the masked add writes only mask pixels (a bool mask is a 0/1 uint8 mask without a copy).
             scaled = cv2.addWeighted(roi, 1.0 - alpha, roi, 0.0, 0.0)
             cv2.add(scaled, (color[0] * alpha, color[1] * alpha, color[2] * alpha, 0.0), dst=roi, mask=mask.view(np.uint8))
-    for i in range(len(detections)):
-        class_id = int(detections.class_ids[i])
-        color = colors[class_id % len(colors)]
-        bx0, by0, bx1, by1 = (int(round(float(v))) for v in detections.boxes[i])
-        cv2.rectangle(out, (bx0, by0), (bx1, by1), color, 2)
-        if labels:
+    corners = [tuple(int(round(float(v))) for v in box) for box in detections.boxes]
+    for (bx0, by0, bx1, by1), class_id in zip(corners, detections.class_ids):
+        cv2.rectangle(out, (bx0, by0), (bx1, by1), colors[int(class_id) % len(colors)], 2)
+    if labels:
+        for (bx0, by0, _, _), class_id, score in zip(corners, detections.class_ids, detections.scores):
             name = names[class_id] if class_id < len(names) else str(class_id)
-            _label(out, f"{name} {float(detections.scores[i]):.2f}", (bx0, by0), color)
+            _label(out, f"{name} {float(score):.2f}", (bx0, by0), colors[int(class_id) % len(colors)])
 
 
 def _text_scale(out: np.ndarray) -> float:
