@@ -12,10 +12,19 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PyQt5.QtWidgets", reason="the gui extra (PyQt5) is not installed")
 
+from idd_edge_runtime import sources  # noqa: E402
 from idd_edge_runtime.engine import Engine, SettingsBox  # noqa: E402
 from idd_edge_runtime.gui import NO_SEMANTIC, MainWindow  # noqa: E402
 from idd_edge_runtime.loader import load_runtime  # noqa: E402
 from tests._runtime_bundle import build_onnx_bundle, write_video  # noqa: E402
+
+
+class _PacedVideo(sources.VideoFileSource):
+    """A video file read at 50 FPS, like a camera: the clip must still be playing when the test switches models."""
+
+    def read(self) -> sources.Read:
+        time.sleep(0.02)
+        return super().read()
 
 
 def _process_until(app, condition, timeout: float = 30.0) -> bool:
@@ -33,7 +42,9 @@ def test_gui_plays_a_video_switches_models_and_screenshots(tmp_path: Path) -> No
     loaded = load_runtime(build_onnx_bundle(tmp_path / "bundle"), backend="onnx", onnx_threads=1)
     engine = Engine(loaded)
     settings = SettingsBox(engine.default_settings())
-    window = MainWindow(engine, settings, cameras=[("/dev/video0", "/dev/video0 USB camera")])
+    window = MainWindow(
+        engine, settings, cameras=[("/dev/video0", "/dev/video0 USB camera")], source_opener=lambda spec, *_: _PacedVideo(spec)
+    )
     window.resize(1100, 560)
     window.show()
     try:
@@ -41,7 +52,7 @@ def test_gui_plays_a_video_switches_models_and_screenshots(tmp_path: Path) -> No
         assert not window.start_source(str(tmp_path / "absent.mp4"))
         assert "no such video file" in window.messages[-1]
 
-        assert window.start_source(str(write_video(tmp_path / "clip.avi", frames=40)))
+        assert window.start_source(str(write_video(tmp_path / "clip.avi", frames=80)))
         assert _process_until(app, lambda: window.frames_shown >= 3)
         window.model_combo.setCurrentText("seg-argmax")
         window.yolo_check.setChecked(False)

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 _END = object()
 #: The same message (e.g. "camera reconnecting") is repeated at most this often.
 MESSAGE_INTERVAL_S = 5.0
+#: The FPS readout is the rate of the last this many drawn frames.
+FPS_WINDOW = 30
 
 
 class FrameQueue:
@@ -178,7 +180,7 @@ class Pipeline:
                 return
 
     def _render_loop(self) -> None:
-        last = None
+        recent: Deque[float] = collections.deque(maxlen=FPS_WINDOW)
         while True:
             item = self._inferred.get(self._stop)
             if item is _END:
@@ -186,11 +188,9 @@ class Pipeline:
                 return
             result: FrameResult = item  # type: ignore[assignment]
             annotated = self.engine.render(result)
-            now = time.perf_counter()
-            if last is not None:
-                instant = 1.0 / max(now - last, 1e-6)
-                self.fps = instant if self.fps == 0 else 0.9 * self.fps + 0.1 * instant
-            last = now
+            recent.append(time.perf_counter())
+            if len(recent) > 1:
+                self.fps = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
             if self.banner:
                 render.draw_status(annotated, self.status_text(result))
             self.frames_shown += 1
