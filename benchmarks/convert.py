@@ -7,10 +7,11 @@ module exists, else random plausible polygons: large stuff regions first, then s
 deleted, some groups, float coordinates, some outside the frame) plus matching images, then times
   - reference: three PIL passes per file (label "L", instance "I", colour "RGBA"), each saved with PIL's
     default PNG compression (the official toolkit; instance saved as 16-bit since Pillow cannot write "I"),
-  - ours: `convert_file` (one PIL pass + look-up tables + OpenCV PNG level 1 + atomic writes) in this
-    process, then `run_pipeline` with 1 and 2 worker processes,
-asserts that semantic, colour and instance pixels are identical, and prints images/s and the ratios.
-Per-core figures use this process's CPU time (robust on a shared machine); wall times are shown too.
+  - ours: `convert_file` (one PIL pass + look-up tables + OpenCV PNG level 1 + atomic writes),
+alternating file by file with the reference so both see the same machine load; asserts that semantic,
+colour and instance pixels are identical; prints images/s per core (CPU time of this process, robust on
+a shared machine; wall shown too) and the ratio; then converts a larger set with 1 and 2 worker
+processes (`convert_all`) and prints the scaling.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 
 from idd_edge.data import official
-from idd_edge.data.convert import ConvertOptions, convert_file, discover, run_pipeline
+from idd_edge.data.convert import ConvertOptions, convert_all, convert_file, discover, run_pipeline
 from idd_edge.labels import NAME_TO_LABEL
 
 WIDTH, HEIGHT = 1920, 1080
@@ -99,16 +100,28 @@ def reference_convert(annotation: Path, out_dir: Path) -> None:
     official.color_image(document).save(out_dir / f"{stem}_color.png")
 
 
-def _clock(fn) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+def _check_identity(jobs, reference_dir: Path, ours_dir: Path) -> None:
+    """Semantic, instance and colour pixels of ours equal the reference's, for every file."""
+    from PIL import Image
+
+    for job in jobs:
+        folder = ours_dir / "gtFine" / job.split / job.drive
+        ref = {kind: np.asarray(Image.open(reference_dir / f"{job.image_id}_{kind}.png"))
+               for kind in ("label", "instance", "color")}
+        label = cv2.imread(str(folder / f"{job.image_id}_gtFine_label{ENCODING}s.png"), cv2.IMREAD_UNCHANGED)
+        instance = cv2.imread(str(folder / f"{job.image_id}_gtFine_instance{ENCODING}s.png"), cv2.IMREAD_UNCHANGED)
+        color = cv2.cvtColor(cv2.imread(str(folder / f"{job.image_id}_gtFine_labelColors.png")), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(label, ref["label"]), f"semantic differs: {job.annotation}"
+        assert np.array_equal(instance, ref["instance"]), f"instance differs: {job.annotation}"
+        assert np.array_equal(color, ref["color"][..., :3]) and (ref["color"][..., 3] == 255).all(), job.annotation
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--objects", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="timing rounds over all images")
+    parser.add_argument("--scaling-images", type=int, default=48, help="images for the 1 vs 2 worker run")
     parser.add_argument("--random", action="store_true", help="random polygons instead of synth.make_scene")
     parser.add_argument("--out", default=None, help="scratch folder (default: a temp dir; /dev/shm avoids disk)")
     args = parser.parse_args()
@@ -120,50 +133,55 @@ def main() -> None:
         root = scratch / "idd"
         generator = make_dataset(root, args.images, args.objects, use_synth=not args.random)
         jobs, _ = discover(root)
-        annotations = [root / job.annotation for job in jobs]
-        listed = [json.loads(a.read_text())["objects"] for a in annotations]
+        listed = [json.loads((root / job.annotation).read_text())["objects"] for job in jobs]
         print(f"{len(jobs)} annotations {WIDTH}x{HEIGHT}, {np.mean([len(o) for o in listed]):.0f} objects each "
-              f"({np.mean([sum(not x['deleted'] for x in o) for o in listed]):.0f} not deleted), {generator}, encoding {ENCODING}")
+              f"({np.mean([sum(not x['deleted'] for x in o) for o in listed]):.0f} not deleted), {generator}, "
+              f"encoding {ENCODING}, outputs semantic + instance + colour")
 
-        reference_dir = scratch / "reference"
+        # Per core: reference and ours alternate file by file, so both see the same load on a shared machine.
+        reference_dir, ours_dir = scratch / "reference", scratch / "ours"
         reference_dir.mkdir()
-        ref_wall, ref_cpu = _clock(lambda: [reference_convert(a, reference_dir) for a in annotations])
-
-        ours_dir = scratch / "ours"
         options = ConvertOptions(ours_dir, ENCODING, semantic=True, instance=True, color=True, panoptic=False)
-        ours_wall, ours_cpu = _clock(lambda: [convert_file(job, options) for job in jobs])
+        cpu = {"reference": 0.0, "ours": 0.0}
+        wall = {"reference": 0.0, "ours": 0.0}
+        for _ in range(args.rounds):
+            for job in jobs:
+                for name, convert in (("reference", lambda: reference_convert(root / job.annotation, reference_dir)),
+                                      ("ours", lambda: convert_file(job, options))):
+                    w, c = time.perf_counter(), time.process_time()
+                    convert()
+                    cpu[name] += time.process_time() - c
+                    wall[name] += time.perf_counter() - w
+        _check_identity(jobs, reference_dir, ours_dir)
+        n = len(jobs) * args.rounds
+        print(f"pixel identity: semantic, instance and colour identical on all {len(jobs)} files")
+        print(f"{'':36s}{'CPU s/img':>10s}{'img/s/core':>12s}{'wall s/img':>12s}")
+        for name, title in (("reference", "reference (3 PIL passes + PIL saves)"), ("ours", "ours (convert_file)")):
+            print(f"{title:36s}{cpu[name] / n:10.3f}{n / cpu[name]:12.2f}{wall[name] / n:12.3f}")
+        print(f"speed-up per core: {cpu['reference'] / cpu['ours']:.2f}x CPU time "
+              f"({wall['reference'] / wall['ours']:.2f}x wall; target >= 3x)")
 
-        # Pixel identity of everything the reference wrote.
-        from PIL import Image
-
-        for job in jobs:
-            folder = ours_dir / "gtFine" / job.split / job.drive
-            ref = {kind: np.asarray(Image.open(reference_dir / f"{job.image_id}_{kind}.png"))
-                   for kind in ("label", "instance", "color")}
-            label = cv2.imread(str(folder / f"{job.image_id}_gtFine_label{ENCODING}s.png"), cv2.IMREAD_UNCHANGED)
-            instance = cv2.imread(str(folder / f"{job.image_id}_gtFine_instance{ENCODING}s.png"), cv2.IMREAD_UNCHANGED)
-            color = cv2.cvtColor(cv2.imread(str(folder / f"{job.image_id}_gtFine_labelColors.png")), cv2.COLOR_BGR2RGB)
-            assert np.array_equal(label, ref["label"]), f"semantic differs: {job.annotation}"
-            assert np.array_equal(instance, ref["instance"]), f"instance differs: {job.annotation}"
-            assert np.array_equal(color, ref["color"][..., :3]) and (ref["color"][..., 3] == 255).all(), job.annotation
-
-        n = len(jobs)
-        print(f"pixel identity: semantic, instance, colour identical on all {n} files")
-        print(f"{'':34s}{'CPU s/img':>10s}{'img/s/core':>12s}{'wall s/img':>12s}")
-        print(f"{'reference (3 PIL passes + saves)':34s}{ref_cpu / n:10.3f}{n / ref_cpu:12.2f}{ref_wall / n:12.3f}")
-        print(f"{'ours, 1 process':34s}{ours_cpu / n:10.3f}{n / ours_cpu:12.2f}{ours_wall / n:12.3f}")
-        print(f"speed-up per core (CPU time): {ref_cpu / ours_cpu:.2f}x   (wall: {ref_wall / ours_wall:.2f}x)")
-
-        walls = {}
+        # Scaling: a bigger set (the same scenes repeated), workers 1 and 2, after a warm-up that starts the
+        # forkserver once (a one-time cost per process, reported separately).
+        scaling_jobs = [jobs[i % len(jobs)] for i in range(args.scaling_images)]
+        scaling_options = ConvertOptions(scratch / "scaling", ENCODING, semantic=True, instance=True, color=True)
+        started = time.perf_counter()
+        list(convert_all(scaling_jobs[:2], scaling_options, 2))
+        print(f"worker start-up (forkserver, first pool in this process): {time.perf_counter() - started:.2f} s")
+        rates = {}
         for workers in (1, 2):
-            out = scratch / f"pipeline{workers}"
-            walls[workers] = time.perf_counter()
-            run_pipeline(root, out, ENCODING, do_instance=True, do_color=True, workers=workers)
-            walls[workers] = time.perf_counter() - walls[workers]
-            print(f"run_pipeline workers={workers}: {n / walls[workers]:.2f} img/s wall ({walls[workers]:.2f} s, "
-                  "incl. discovery and worker start-up)")
-        print(f"scaling 1 -> 2 workers: {walls[1] / walls[2]:.2f}x on {os.cpu_count()} visible cores "
-              f"(load average {os.getloadavg()[0]:.1f}; the machine is shared, so this is noisy)")
+            started = time.perf_counter()
+            results = list(convert_all(scaling_jobs, scaling_options, workers))
+            elapsed = time.perf_counter() - started
+            rates[workers] = len(scaling_jobs) / elapsed
+            worker_cpu = sum(r.cpu_seconds for r in results) / len(results)
+            print(f"workers={workers}: {rates[workers]:6.2f} img/s wall over {len(scaling_jobs)} images, "
+                  f"{worker_cpu:.3f} CPU s/img inside the workers")
+        print(f"scaling 1 -> 2 workers: {rates[2] / rates[1]:.2f}x (ideal 2.00x) on {os.cpu_count()} visible cores, "
+              f"load average {os.getloadavg()[0]:.1f} (a shared machine makes this noisy)")
+        started = time.perf_counter()
+        run_pipeline(root, scratch / "pipeline", ENCODING, do_instance=True, do_color=True, workers=2)
+        print(f"run_pipeline workers=2 end to end (discovery, report): {len(jobs) / (time.perf_counter() - started):.2f} img/s")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -57,6 +57,9 @@ def test_file_level_problems_raise_annotation_error(raw: bytes | str, reason: st
         ({"label": "car", "polygon": [[1, 1], [2, 2], [float("inf"), 3]]}, "non_finite_coordinate"),
         ({"label": "car", "polygon": [[1, 1], [2, 2], [3, -2e6]]}, "coordinate_out_of_range"),
         ({"label": "car", "polygon": [[1, 1], [2, 2], [10**30, 3]]}, "coordinate_out_of_range"),
+        ({"label": "car", "polygon": [[1, 1], [2, 2], [float("nan"), 10**400]]}, "coordinate_out_of_range"),
+        ({"label": "car", "polygon": [[1, 1], [2, 2], [1e308, 1e308]]}, "coordinate_out_of_range"),
+        ({"label": "car", "polygon": [[1, 1], [float("inf"), 2], [float("-inf"), 3]]}, "non_finite_coordinate"),
     ],
 )
 def test_object_level_problems_skip_the_object_only(obj: object, reason: str) -> None:

@@ -24,6 +24,7 @@ import logging
 import math
 import multiprocessing
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class FileResult:
     findings: list[dict[str, str]] = field(default_factory=list)
     objects: Counter = field(default_factory=Counter)
     panoptic: tuple[dict[str, Any], dict[str, Any]] | None = None  # (COCO image, COCO annotation)
+    cpu_seconds: float = 0.0  # CPU time of the conversion (benchmarks; not part of the report)
 
 
 def output_paths(job: Job, options: ConvertOptions) -> dict[str, Path]:
@@ -177,6 +179,13 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def convert_file(job: Job, options: ConvertOptions) -> FileResult:
     """Convert one annotation file; every problem ends up in the result's findings, never raised."""
+    started = time.process_time()
+    result = _convert_file(job, options)
+    result.cpu_seconds = time.process_time() - started
+    return result
+
+
+def _convert_file(job: Job, options: ConvertOptions) -> FileResult:
     result = FileResult(job.split)
     outputs = output_paths(job, options)
 
@@ -238,8 +247,10 @@ def convert_file(job: Job, options: ConvertOptions) -> FileResult:
     return result
 
 
-def _convert_all(jobs: list[Job], options: ConvertOptions, workers: int) -> Iterator[FileResult]:
-    """Results in job order, from `workers` processes (chunks of jobs) or in this process."""
+def convert_all(jobs: list[Job], options: ConvertOptions, workers: int) -> Iterator[FileResult]:
+    """Convert `jobs`, yielding results in job order, from `workers` processes (chunks of jobs) or in
+    this process when workers is 1. Each result depends on its job only, so any worker count gives the
+    same results."""
     task = partial(convert_file, options=options)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
@@ -289,7 +300,7 @@ def run_pipeline(
 
     converted, objects = 0, Counter()
     coco: dict[str, tuple[list, list]] = {split: ([], []) for split in sorted({job.split for job in jobs})}
-    results = _convert_all(jobs, options, workers)
+    results = convert_all(jobs, options, workers)
     for result in tqdm(results, total=len(jobs), desc="convert", unit="file", disable=None):
         converted += result.converted
         objects.update(result.objects)
