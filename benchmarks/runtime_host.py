@@ -25,6 +25,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy loads its BLAS: the per-core figure must be one thread
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -107,7 +108,7 @@ def yolo_outputs(rng: np.random.Generator, instances: int, content: Tuple[int, i
         boxes, scores, coefficients = layers[stride]
         gy, gx = min(int(cy // stride), INPUT // stride - 1), min(int(cx // stride), INPUT // stride - 1)
         half = size / 2 / stride  # grid units from the anchor to each side
-        for dy, dx, score in ((0, 0, 0.9), (0, 1, 0.7)):  # the object, and an overlapping duplicate NMS removes
+        for dx, score in ((0, 0.9), (1, 0.7)):  # the object, and an overlapping duplicate NMS removes
             y, x = gy, min(gx + dx, INPUT // stride - 1)
             if dx and x == gx:
                 continue
@@ -305,8 +306,8 @@ def main(argv: List[str] | None = None) -> int:
             ours_out, detections = ours(frame, entry, lut, config, colors, names)
             ref_out, ref_instances = reference(frame, palette, colors, names)
             agreement = compare(ours_out, detections, ref_out, ref_instances)
-            ref_ms, ref_median = cpu_ms(lambda: reference(frame, palette, colors, names), max(5, args.frames // 3))
-            our_ms, our_median = cpu_ms(lambda: ours(frame, entry, lut, config, colors, names), args.frames)
+            ref_ms, ref_median = cpu_ms(functools.partial(reference, frame, palette, colors, names), max(5, args.frames // 3))
+            our_ms, our_median = cpu_ms(functools.partial(ours, frame, entry, lut, config, colors, names), args.frames)
             label = "on-graph argmax" if kind == "argmax" else "logits (host argmax)"
             print(
                 f"{width}x{height:<6} {label:<22} {ref_ms:10.1f} {our_ms:8.1f} {our_ms / ref_ms:7.2f}  "

@@ -222,7 +222,7 @@ def write_video(path: Path, frames: int = 12, width: int = 160, height: int = 12
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
     base = make_frame(width, height)
-    for i in range(frames):
+    for _ in range(frames):
         writer.write(base)
     writer.release()
     return path

@@ -9,7 +9,6 @@ dimension removed where the model has one, so the post-processing is backend-agn
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Dict, List, Optional, Protocol, Tuple
 
@@ -17,7 +16,6 @@ import numpy as np
 
 from idd_edge_runtime.manifest import ModelEntry
 
-log = logging.getLogger(__name__)
 
 
 class BackendError(RuntimeError):

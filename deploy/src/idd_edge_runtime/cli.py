@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 from idd_edge_runtime import __version__
 from idd_edge_runtime.backends import BackendError
 from idd_edge_runtime.engine import Engine, SettingsBox
-from idd_edge_runtime.loader import BACKENDS, LoadedBundle, load_runtime
+from idd_edge_runtime.loader import BACKENDS, load_runtime
 from idd_edge_runtime.manifest import ManifestError
 from idd_edge_runtime.render import PRIVATE_WORDS
 from idd_edge_runtime.sources import SourceError, discover_sources, open_source
