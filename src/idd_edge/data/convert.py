@@ -210,7 +210,7 @@ def _convert_file(job: Job, options: ConvertOptions) -> FileResult:
     else:
         try:
             image_size = _image_size(job.root / job.image)
-        except Exception as exc:  # noqa: BLE001 - any failure to read the header means an unreadable image
+        except Exception as exc:  # any failure to read the header (PIL raises many kinds) = unreadable
             result.findings.append(_finding(job.image, "unreadable_image", f"{type(exc).__name__}: {exc}"))
         else:
             if image_size != size:
@@ -256,8 +256,8 @@ def convert_all(jobs: list[Job], options: ConvertOptions, workers: int) -> Itera
     if workers == 1:
         yield from map(task, jobs)
         return
-    # forkserver: workers are forked from a clean server process (no inherited threads or locks) that has
-    # imported this module once, so they start in milliseconds; spawn where forkserver does not exist.
+    # forkserver: workers are forked from a clean server process (no inherited threads or locks) that
+    # imported this module once when it started; spawn where forkserver does not exist.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
