@@ -71,3 +71,57 @@ def test_export_to_bundle_through_the_cli(tmp_path):
     manifest = load_bundle(out / "bundle" / "test-1")
     assert {(m.name, m.format) for m in manifest.models} == {("kd_tiny", "onnx"), ("kd_tiny", "onnx-int8")}
     assert manifest.label_level == LEVEL
+
+
+def test_yolo_branch_through_calibration_int8_gate_and_bundle(tmp_path):
+    """The YOLO branch's ONNX joins the chain: letterbox calibration, INT8 up to the Hailo end nodes only,
+    Ultralytics' validator in the gate (random weights: the plumbing, not the accuracy), bundle entry."""
+    from tests.yolo_fixtures import EXPORT_IMGSZ, build_model, exported_model, save_checkpoint
+
+    splits = tmp_path / "splits"
+    for split, count, seed in (("train", 4, 0), ("val", 2, 1)):
+        make_split(splits / "IDDL1", split, count, len(LEVEL_CLASS_NAMES[LEVEL]), size_hw=(54, 96), seed=seed)
+    _checkpoint, yolo_export = exported_model(tmp_path / "yolo")
+    save_checkpoint(build_model(), tmp_path / "yolo_train" / "train" / "weights" / "best.pt")
+    dataset = _bridged_dataset(tmp_path / "bridge")
+    out = tmp_path / "artifacts"
+    params = config.compose([
+        "label_level=level1", f"split.out={splits}", "export.models=[]", f"yolo.export.out={yolo_export}",
+        f"yolo.train.out={tmp_path / 'yolo_train'}", f"yolo.bridge.out={dataset}",
+        f"export.out={out / 'export'}", f"export.metrics={out / 'export.json'}",
+        f"calibrate.out={out / 'calib'}", "calibrate.num_images=3", f"calibrate.coverage_plot={out / 'coverage.png'}",
+        f"quantize.out={out / 'quantize'}", f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
+        f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}", f"gate.plots={out / 'plots'}",
+        f"bundle.out={out / 'bundle'}", "bundle.version=yolo-1",
+    ])
+    params_path = tmp_path / "params.yaml"
+    config.write_params(params, params_path)
+    for stage in ("export", "calibrate", "quantize", "compile-hef", "gate", "bundle"):
+        assert cli.main([stage, "--params", str(params_path)]) == 0, stage
+
+    record = json.loads((out / "export" / "yolov8n_seg" / "export.json").read_text())
+    assert record["role"] == "instance" and record["preprocess"] == "letterbox" and len(record["hailo"]["end_nodes"]) == 10
+    calib = np.load(out / "calib" / f"letterbox_{EXPORT_IMGSZ}x{EXPORT_IMGSZ}.npy")
+    assert calib.shape == (3, EXPORT_IMGSZ, EXPORT_IMGSZ, 3) and (calib == 114).any()  # grey letterbox padding
+    kept = json.loads((out / "quantize" / "yolov8n_seg" / "quantize.json").read_text())["float_nodes_kept"]
+    assert kept and not set(kept) & set(record["hailo"]["end_nodes"])  # box decoding stays float, heads are INT8
+    gate = json.loads((out / "quantization.json").read_text())["models"]["yolov8n_seg"]
+    assert gate["metric"] == "mask_map50_95" and set(gate["formats"]) == {"onnx_fp32", "onnx_int8"}
+    assert "normalization1 = normalization([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])" in (out / "hailo" / "yolov8n_seg" / "model.alls").read_text()
+    manifest = load_bundle(out / "bundle" / "yolo-1")
+    entry = manifest.entries("yolov8n_seg")[0]
+    assert entry.role == "instance" and entry.output_kind == "yolov8-seg" and entry.postprocess.reg_max == 16
+    assert entry.input.normalization.std == (255.0, 255.0, 255.0)
+
+
+def _bridged_dataset(root):
+    """synth -> convert (instances) -> yolo-bridge: the YOLO branch's real stage chain, tiny."""
+    params = root / "params.yaml"
+    config.write_params(config.compose(["yolo.bridge.workers=1", "convert.workers=1"]), params)
+    synth, instances, dataset = root / "synth", root / "instances", root / "dataset"
+    assert cli.main(["synth", str(synth), "--train", "2", "--val", "2", "--test", "0", "--size", "192x108", "--seed", "3"]) == 0
+    assert cli.main(["convert", str(synth), str(instances), "--encoding", "id", "--instance", "--no-semantic", "--no-color",
+                     "--no-panoptic", "--report", str(root / "convert.json"), "--params", str(params)]) == 0
+    assert cli.main(["yolo-bridge", str(instances), str(synth), str(dataset), "--report", str(root / "bridge.json"),
+                     "--params", str(params)]) == 0
+    return dataset

@@ -1,8 +1,8 @@
 """`idd-edge gate`: measured accuracy of every deployable format against PyTorch fp32, and the verdict.
 
 Per model the chain PyTorch fp32 -> ONNX fp32 -> ONNX int8 -> Hailo emulation (when a HEF was built) is
-scored on the validation split with one evaluator (semantic: mIoU and per-class IoU with the training
-metrics). A format passes when its overall score drops by at most `max_drop` points and no class present
+scored on the validation split with one evaluator per role (semantic: mIoU and per-class IoU with the
+training metrics; YOLOv8-seg: mask mAP50-95 overall and per class with Ultralytics' validator). A format passes when its overall score drops by at most `max_drop` points and no class present
 in validation drops by more than `max_class_drop` points; a model passes when every gated format that
 could be evaluated passes. Failed models stay out of the device bundle, and the report names the
 classes that regressed. Results: `quantization.md` (for people), `quantization.json` (DVC metrics) and
@@ -54,6 +54,31 @@ def semantic_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
         "per_class": dict(scores["per_class_iou"]),
         "present": [name for name, count in scores["gt_pixels"].items() if count > 0],
         "images": scores.get("images"),
+    }
+
+
+def yolo_scores(model_path: Path, data_yaml: Path, imgsz: int, work_dir: Path) -> dict[str, Any]:
+    """Gate view of Ultralytics' own validator on a YOLOv8-seg model (.pt or .onnx, fp32 or INT8): mask
+    mAP50-95 overall and per class, classes present = those with instances in the validation split."""
+    from idd_edge.yolo.offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    results = YOLO(str(model_path), task="segment").val(
+        data=str(data_yaml), imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False, save_json=False,
+        project=str(work_dir), name=model_path.stem, exist_ok=True,
+    )
+    names = results.names
+    present = [int(c) for c in results.seg.ap_class_index]
+    return {
+        "metric": "mask_map50_95",
+        "value": float(results.seg.map),
+        "per_class": {names[c]: (float(results.seg.maps[c]) if c in present else None) for c in sorted(names)},
+        "present": [names[c] for c in present],
+        "images": int(results.seen) if hasattr(results, "seen") else None,
+        "box_map50_95": float(results.box.map),
+        "mask_map50": float(results.seg.map50),
     }
 
 
@@ -238,7 +263,9 @@ def _run(args: argparse.Namespace) -> int:
         if record["role"] == "semantic":
             results.append(_gate_semantic(record, val_dir, level["name"], quant_dir, hailo_dir, cfg["max_images"], thresholds))
         else:
-            log.warning("%s: instance models are not gated yet; left out of the bundle", record["name"])
+            yolo_weights = Path(config.section(params, "yolo.train.out", args.params)) / "train" / "weights" / "best.pt"
+            data_yaml = Path(config.section(params, "yolo.bridge.out", args.params)) / "data.yaml"
+            results.append(_gate_instance(record, yolo_weights, data_yaml, quant_dir, hailo_dir, thresholds))
     if not results:
         raise StageError("no model to gate")
     metrics = write_gate_outputs(results, thresholds, Path(cfg["report"]), Path(cfg["metrics"]),
@@ -286,6 +313,34 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
         not_evaluated["hailo_emulation"] = "HEF built but its emulation was not scored"
     else:
         not_evaluated["hailo_emulation"] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+    return gate_model(name, evaluations, thresholds, not_evaluated)
+
+
+def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, quant_dir: Path, hailo_dir: Path,
+                   thresholds: GateThresholds) -> dict[str, Any]:
+    """Score the YOLO model's PyTorch weights, fp32 ONNX and INT8 ONNX with Ultralytics' validator."""
+    import tempfile
+
+    from idd_edge.export.preprocessing import input_hw
+
+    for path, stage in ((weights, "yolo-train"), (data_yaml, "yolo-bridge")):
+        if not path.is_file():
+            raise InputError(path, f"not found; run `idd-edge {stage}` first")
+    name, imgsz = record["name"], input_hw(record)[0]
+    not_evaluated: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="yolo-gate-") as tmp:
+        evaluations: dict[str, Any] = {REFERENCE: yolo_scores(weights, data_yaml, imgsz, Path(tmp)),
+                                       "onnx_fp32": yolo_scores(Path(record["path"]), data_yaml, imgsz, Path(tmp))}
+        int8_path = quant_dir / name / "model_int8.onnx"
+        if int8_path.is_file():
+            evaluations["onnx_int8"] = yolo_scores(int8_path, data_yaml, imgsz, Path(tmp))
+        else:
+            not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
+    compiled = _read_json(hailo_dir / name / "compile.json")
+    not_evaluated["hailo_emulation"] = (
+        "HEF built, but scoring the emulator's raw head outputs (mask mAP) is not wired yet: the HEF is not shipped"
+        if compiled and compiled.get("built") else "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+    )
     return gate_model(name, evaluations, thresholds, not_evaluated)
 
 

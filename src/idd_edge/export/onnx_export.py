@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,11 @@ def export_semantic_run(run_dir: Path, out_dir: Path, val_dir: Path, level: str,
                         hailo_compat_mode=hailo_compat_mode, metadata=metadata)
 
 
-def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mode: str) -> dict[str, Any]:
+def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mode: str,
+                      postprocess: Mapping[str, Any]) -> dict[str, Any]:
     """Bring the YOLO branch's ONNX (its own export stage, parity checked there) into the deployment chain:
-    copy it, record its input contract and Hailo end nodes, and scan the on-chip part for blockers."""
+    copy it, record its input contract, Hailo end nodes and host post-processing settings (`yolo.postprocess`
+    over the sidecar's), and scan the on-chip part for blockers."""
     import onnx
 
     from idd_edge.yolo.export import ONNX_NAME, SIDECAR_NAME
@@ -269,7 +271,7 @@ def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mod
         "class_names": list(sidecar["classes"]),
         "preprocess": "letterbox",
         "normalization": {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]},  # the 1/255 input scale
-        "postprocess": sidecar["postprocess"],
+        "postprocess": {**sidecar["postprocess"], **postprocess},
         "file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "bytes": onnx_path.stat().st_size,
@@ -312,7 +314,8 @@ def _run(args: argparse.Namespace) -> int:
         summary[run] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
     if cfg["yolo"]:
         yolo_dir = Path(config.section(params, "yolo.export.out", args.params))
-        record = adopt_yolo_export(yolo_dir, out_root / YOLO_NAME, YOLO_NAME, str(cfg["hailo_compat"]))
+        record = adopt_yolo_export(yolo_dir, out_root / YOLO_NAME, YOLO_NAME, str(cfg["hailo_compat"]),
+                                   config.section(params, "yolo.postprocess", args.params))
         summary[YOLO_NAME] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
     atomic.write_json(Path(cfg["metrics"]), summary)
     log.info("exported %d model(s) to %s", len(summary), out_root)

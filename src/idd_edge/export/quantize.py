@@ -10,9 +10,10 @@ The INT8 model's accuracy is measured by the gate stage with the same evaluator 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from idd_edge.export.onnx_io import sha256_file
 
 log = logging.getLogger(__name__)
 
+#: Per-channel DequantizeLinear needs opset 13; older graphs are converted first.
+MIN_PER_CHANNEL_OPSET = 13
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
 QUANT_TYPES = ("QInt8", "QUInt8")
 
@@ -81,6 +84,25 @@ def downstream_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
     return tail
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _copy_metadata(source: Any, target: Any) -> None:
+    """Carry the fp32 model's metadata (e.g. Ultralytics' names/stride/imgsz) over to the INT8 model."""
+    present = {prop.key for prop in target.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in present:
+            target.metadata_props.add(key=prop.key, value=prop.value)
+
+
 def load_calibration(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
     """Memory-map a calibration array and check it is (N, H, W, 3) float32 in 0-255."""
     try:
@@ -121,21 +143,32 @@ def quantize_model(
     model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
     tail_tensors = end_tensors(model, end_nodes)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent if out_path.parent.exists() else None) as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        source, prepared, quantized = Path(tmp) / "source.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        if per_channel and opset < MIN_PER_CHANNEL_OPSET:
+            # Per-channel DequantizeLinear (its `axis`) exists from opset 13; the seed's YOLO export is opset 11.
+            from onnx import version_converter
+
+            onnx.save(version_converter.convert_version(model, MIN_PER_CHANNEL_OPSET), str(source))
+        else:
+            source = fp32_path
         # Shape inference + graph optimisation first, as ONNX Runtime recommends for static quantization.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = downstream_nodes(onnx.load(str(prepared)), tail_tensors)
-        quantize_static(
-            str(prepared), str(quantized), NpyCalibrationReader(calibration, input_name, mean, std),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=getattr(QuantType, activation_type), weight_type=getattr(QuantType, weight_type),
-            calibrate_method=getattr(CalibrationMethod, calibrate_method), nodes_to_exclude=excluded,
-            # No CalibMaxIntermediateOutputs: in ORT 1.31 MinMax drops (not merges) the chunks it clears.
-            # MinMax keeps only per-image ReduceMin/ReduceMax scalars, so memory stays small anyway.
-        )
-        onnx.checker.check_model(str(quantized))
-        atomic.write_bytes(out_path, quantized.read_bytes())
+        with _quiet_root_logger():  # ORT logs every per-channel scale adjustment at INFO on the root logger
+            quantize_static(
+                str(prepared), str(quantized), NpyCalibrationReader(calibration, input_name, mean, std),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=getattr(QuantType, activation_type), weight_type=getattr(QuantType, weight_type),
+                calibrate_method=getattr(CalibrationMethod, calibrate_method), nodes_to_exclude=excluded,
+                # No CalibMaxIntermediateOutputs: in ORT 1.31 MinMax drops (not merges) the chunks it clears.
+                # MinMax keeps only per-image ReduceMin/ReduceMax scalars, so memory stays small anyway.
+            )
+        int8 = onnx.load(str(quantized))
+        onnx.checker.check_model(int8)
+        _copy_metadata(model, int8)
+        atomic.write_bytes(out_path, int8.SerializeToString())
     return {
         "file": out_path.name,
         "sha256": sha256_file(out_path),
@@ -148,6 +181,7 @@ def quantize_model(
         "weight_type": weight_type,
         "calibrate_method": calibrate_method,
         "calibration_images": int(len(calibration)),
+        "opset": max(opset, MIN_PER_CHANNEL_OPSET) if per_channel else opset,
         "float_nodes_kept": excluded,
     }
 
