@@ -144,15 +144,16 @@ def test_hailo_output_matching_errors(hailo_case):
     )
 
 
-def test_nms_matches_torchvision():
+@pytest.mark.parametrize("count", [300, yp._PAIRWISE_NMS_MAX + 500])  # IoU-matrix and row-by-row paths
+def test_nms_matches_torchvision(count):
     import torch
     import torchvision
 
     rng = np.random.default_rng(1)
-    xy = rng.uniform(0, 200, (300, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (300, 2))], axis=1).astype(np.float32)
-    scores = rng.uniform(0, 1, 300).astype(np.float32)
-    classes = rng.integers(0, 3, 300)
+    xy = rng.uniform(0, 200, (count, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (count, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, count).astype(np.float32)
+    classes = rng.integers(0, 3, count)
     ours = yp.nms(boxes, scores, classes, 0.5)
     offset = torch.from_numpy(boxes) + torch.from_numpy(classes)[:, None] * 4096.0
     reference = torchvision.ops.nms(offset, torch.from_numpy(scores), 0.5).numpy()

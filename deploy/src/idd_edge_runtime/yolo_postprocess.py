@@ -98,7 +98,8 @@ class _Protos:
         """coefficients @ prototypes over one crop: (h, w) mask logits."""
         if self.channels_last:
             return self.array[rows, cols] @ coefficients
-        return np.tensordot(coefficients, self.array[:, rows, cols], axes=1)
+        crop = self.array[:, rows, cols]
+        return (coefficients @ crop.reshape(crop.shape[0], -1)).reshape(crop.shape[1:])
 
 
 @dataclass
@@ -175,24 +176,41 @@ def decode_hailo(
 def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Class-aware greedy NMS (torchvision semantics: drop boxes with IoU > threshold); indices by score."""
     order = np.argsort(-scores, kind="stable")
-    boxes, class_ids = boxes[order], class_ids[order]
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    suppressed = np.zeros(len(order), dtype=bool)
+    boxes, class_ids = boxes[order].astype(np.float32), class_ids[order]
+    count = len(order)
     keep = []
-    for i in range(len(order)):
+    if count <= _PAIRWISE_NMS_MAX:  # one IoU matrix, then a cheap greedy pass over its rows
+        suppress = (_pairwise_iou(boxes, boxes) > iou_threshold) & (class_ids[:, None] == class_ids[None, :])
+        suppressed = np.zeros(count, dtype=bool)
+        for i in range(count):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= suppress[i]
+        return order[np.asarray(keep, dtype=np.int64)]
+    suppressed = np.zeros(count, dtype=bool)
+    for i in range(count):  # thousands of candidates (very low thresholds): row by row, bounded memory
         if suppressed[i]:
             continue
         keep.append(i)
-        rest = np.arange(i + 1, len(order))
+        rest = np.arange(i + 1, count)
         rest = rest[~suppressed[rest] & (class_ids[rest] == class_ids[i])]
-        if rest.size == 0:
-            continue
-        width = (np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])).clip(0)
-        height = (np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])).clip(0)
-        inter = width * height
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, np.finfo(np.float32).tiny)
-        suppressed[rest[iou > iou_threshold]] = True
+        if rest.size:
+            suppressed[rest[_pairwise_iou(boxes[i : i + 1], boxes[rest])[0] > iou_threshold]] = True
     return order[np.asarray(keep, dtype=np.int64)]
+
+
+#: Up to this many NMS candidates the full IoU matrix (count^2 floats) is computed at once.
+_PAIRWISE_NMS_MAX = 1024
+
+
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes."""
+    width = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
+    height = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
+    inter = width * height
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, np.finfo(np.float32).tiny)
 
 
 def _finish(candidates: _Candidates, protos: _Protos, geometry: Letterbox, config: PostprocessConfig) -> InstanceDetections:
@@ -236,7 +254,9 @@ def _box_mask(
 
     Source pixel centre c + 0.5 maps to input x = pad + (c + 0.5) * gain and to prototype coordinate
     x / (input / proto) - 0.5 (align_corners=False, edges clamped as torch does), so the mask equals
-    upsampling the whole prototype map, but only the box's pixels are ever computed.
+    upsampling the whole prototype map, but only the box's pixels are ever computed: the logits of the
+    prototype pixels under the box, then one (rows x crop) @ crop @ (crop x cols) product whose two
+    interpolation matrices hold the bilinear weights (two per row).
     """
     x0, y0, x1, y1 = (int(v) for v in region)
     if x1 <= x0 or y1 <= y0:
@@ -245,22 +265,24 @@ def _box_mask(
     in_h, in_w = geometry.input_shape
     u = geometry.source_to_input_x(np.arange(x0, x1) + 0.5) * (proto_w / in_w) - 0.5
     v = geometry.source_to_input_y(np.arange(y0, y1) + 0.5) * (proto_h / in_h) - 0.5
-    col0, col1, col_w = _linear_taps(u, proto_w)
-    row0, row1, row_w = _linear_taps(v, proto_h)
-    c_lo, c_hi, r_lo, r_hi = col0.min(), col1.max() + 1, row0.min(), row1.max() + 1
-    logits = protos.logits(coefficients, slice(r_lo, r_hi), slice(c_lo, c_hi))
-    rows = logits[row0 - r_lo] * (1.0 - row_w)[:, None] + logits[row1 - r_lo] * row_w[:, None]
-    sampled = rows[:, col0 - c_lo] * (1.0 - col_w) + rows[:, col1 - c_lo] * col_w
-    return sampled > logit_threshold
+    col_weights, c_lo, c_hi = _interpolation_matrix(u, proto_w)
+    row_weights, r_lo, r_hi = _interpolation_matrix(v, proto_h)
+    logits = protos.logits(coefficients, slice(r_lo, r_hi), slice(c_lo, c_hi)).astype(np.float32, copy=False)
+    return (row_weights @ logits) @ col_weights.T > logit_threshold
 
 
-def _linear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbour indices and upper weight for linear interpolation at `coords` (torch's edge clamping)."""
+def _interpolation_matrix(coords: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
+    """(n, hi - lo) linear-interpolation weights at `coords` over source indices lo..hi-1 (torch's edge clamping)."""
     coords = np.maximum(coords, 0.0)
     lower = np.minimum(np.floor(coords).astype(np.int64), size - 1)
     upper = np.minimum(lower + 1, size - 1)
     weight = (coords - lower).astype(np.float32)
-    return lower, upper, weight
+    lo, hi = int(lower[0]), int(upper[-1]) + 1  # coords ascend
+    matrix = np.zeros((len(coords), hi - lo), dtype=np.float32)
+    index = np.arange(len(coords))
+    matrix[index, lower - lo] = 1.0 - weight
+    matrix[index, upper - lo] += weight  # same column as `lower` at the clamped edge
+    return matrix, lo, hi
 
 
 def _dfl_expectation(logits: np.ndarray) -> np.ndarray:
