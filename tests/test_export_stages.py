@@ -43,7 +43,7 @@ def test_export_to_bundle_through_the_cli(tmp_path):
     out = tmp_path / "artifacts"
     params = config.compose([
         "label_level=level1", f"split.out={splits}", f"export.runs_dir={tmp_path / 'seg'}", "export.models=[kd_tiny]",
-        "export.yolo=false", "export.parity_images=2", f"export.out={out / 'export'}", f"export.metrics={out / 'export.json'}",
+        "export.parity_images=2", f"export.out={out / 'export'}", f"export.metrics_dir={out / 'reports'}",
         f"calibrate.out={out / 'calib'}", "calibrate.num_images=6", f"calibrate.coverage_plot={out / 'coverage.png'}",
         f"quantize.out={out / 'quantize'}", f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
         f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}", f"gate.plots={out / 'plots'}",
@@ -51,10 +51,11 @@ def test_export_to_bundle_through_the_cli(tmp_path):
     ])
     params_path = tmp_path / "params.yaml"
     config.write_params(params, params_path)
-    for stage in ("export", "calibrate", "quantize", "compile-hef", "gate", "bundle"):
-        assert cli.main([stage, "--params", str(params_path)]) == 0, stage
+    for stage in (["export", "--run", "kd_tiny"], ["calibrate"], ["quantize"], ["compile-hef"], ["gate"], ["bundle"]):
+        assert cli.main([*stage, "--params", str(params_path)]) == 0, stage
 
     record = json.loads((out / "export" / "kd_tiny" / "export.json").read_text())
+    assert json.loads((out / "reports" / "kd_tiny.json").read_text())["parity"] == record["parity"]
     assert record["parity"]["argmax_agreement"] >= 0.999 and record["input"]["shape"] == [1, 3, 64, 64]
     assert record["normalization"]["mean"] == [123.675, 116.28, 103.53]
     calib = np.load(out / "calib" / "resize_64x64.npy")
@@ -88,7 +89,7 @@ def test_yolo_branch_through_calibration_int8_gate_and_bundle(tmp_path):
     params = config.compose([
         "label_level=level1", f"split.out={splits}", "export.models=[]", f"yolo.export.out={yolo_export}",
         f"yolo.train.out={tmp_path / 'yolo_train'}", f"yolo.bridge.out={dataset}",
-        f"export.out={out / 'export'}", f"export.metrics={out / 'export.json'}",
+        f"export.out={out / 'export'}", f"export.metrics_dir={out / 'reports'}",
         f"calibrate.out={out / 'calib'}", "calibrate.num_images=3", f"calibrate.coverage_plot={out / 'coverage.png'}",
         f"quantize.out={out / 'quantize'}", f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
         f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}", f"gate.plots={out / 'plots'}",
@@ -96,8 +97,8 @@ def test_yolo_branch_through_calibration_int8_gate_and_bundle(tmp_path):
     ])
     params_path = tmp_path / "params.yaml"
     config.write_params(params, params_path)
-    for stage in ("export", "calibrate", "quantize", "compile-hef", "gate", "bundle"):
-        assert cli.main([stage, "--params", str(params_path)]) == 0, stage
+    for stage in (["export", "--yolo"], ["calibrate"], ["quantize"], ["compile-hef"], ["gate"], ["bundle"]):
+        assert cli.main([*stage, "--params", str(params_path)]) == 0, stage
 
     record = json.loads((out / "export" / "yolov8n_seg" / "export.json").read_text())
     assert record["role"] == "instance" and record["preprocess"] == "letterbox" and len(record["hailo"]["end_nodes"]) == 10

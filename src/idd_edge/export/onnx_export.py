@@ -291,6 +291,9 @@ def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mod
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="deployable models -> ONNX (static, parity-checked, Hailo-scanned)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run", help="export only this training run (one of export.models); DVC runs one per stage")
+    which.add_argument("--yolo", action="store_true", help="only bring in the YOLO branch's ONNX")
     parser.add_argument("--params", default="params.yaml")
     parser.set_defaults(handler=_run)
 
@@ -302,21 +305,29 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config.section(params, "export", args.params)
     level = config.section(params, "label_level", args.params)
     val_dir = Path(config.section(params, "split.out", args.params)) / level["dir_name"] / "val"
-    out_root, runs_dir = Path(cfg["out"]), Path(cfg["runs_dir"])
-    runs = list(cfg["models"]) + (["teacher"] if cfg["teacher"] else [])
-    summary = {}
+    out_root, runs_dir, metrics_dir = Path(cfg["out"]), Path(cfg["runs_dir"]), Path(cfg["metrics_dir"])
+    runs = [] if args.yolo else [args.run] if args.run else list(cfg["models"])
     for run in runs:
         record = export_semantic_run(
             runs_dir / run, out_root / run, val_dir, level["name"], opset=int(cfg["opset"]), argmax=bool(cfg["argmax"]),
             simplify=bool(cfg["simplify"]), parity_images=int(cfg["parity_images"]),
             min_argmax_agreement=float(cfg["min_argmax_agreement"]), hailo_compat_mode=str(cfg["hailo_compat"]),
         )
-        summary[run] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
-    if cfg["yolo"]:
+        _write_metrics(metrics_dir / f"{run}.json", record)
+    if args.yolo or not args.run:
         yolo_dir = Path(config.section(params, "yolo.export.out", args.params))
         record = adopt_yolo_export(yolo_dir, out_root / YOLO_NAME, YOLO_NAME, str(cfg["hailo_compat"]),
                                    config.section(params, "yolo.postprocess", args.params))
-        summary[YOLO_NAME] = {"onnx_mb": round(record["bytes"] / 1e6, 3), **record["parity"]}
-    atomic.write_json(Path(cfg["metrics"]), summary)
-    log.info("exported %d model(s) to %s", len(summary), out_root)
+        _write_metrics(metrics_dir / f"{YOLO_NAME}.json", record)
     return 0
+
+
+def _write_metrics(path: Path, record: Mapping[str, Any]) -> None:
+    """Per-model DVC metrics: ONNX size, parity and the number of Hailo compatibility findings."""
+    findings = record["hailo_compat"]
+    atomic.write_json(path, {
+        "onnx_mb": round(record["bytes"] / 1e6, 3), "parity": record["parity"],
+        "hailo_compat_errors": sum(f["severity"] == "error" for f in findings),
+        "hailo_compat_warnings": sum(f["severity"] == "warning" for f in findings),
+    })
+    log.info("%s: exported (%.2f MB), parity %s", record["name"], record["bytes"] / 1e6, record["parity"])
