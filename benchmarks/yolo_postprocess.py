@@ -83,7 +83,8 @@ def synthetic_outputs(num_objects: int, seed: int = 0) -> tuple[dict[str, np.nda
         ax, ay = cols + 0.5, rows + 0.5
         xyxy = np.stack([ax - d[:, 0], ay - d[:, 1], ax + d[:, 2], ay + d[:, 3]], 1) * stride
         xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
-        columns.append(np.concatenate([xywh, head["cls"].reshape(-1, NUM_CLASSES), head["coef"].reshape(-1, yp.MASK_DIM)], 1))
+        scores, coefficients = head["cls"].reshape(-1, NUM_CLASSES), head["coef"].reshape(-1, yp.MASK_DIM)
+        columns.append(np.concatenate([xywh, scores, coefficients], 1))
     output0 = np.concatenate(columns).T[None].astype(np.float32)
     return hailo, np.ascontiguousarray(output0), np.ascontiguousarray(protos.transpose(2, 0, 1)[None])
 
@@ -147,7 +148,8 @@ def main() -> None:
     hailo, output0, protos = synthetic_outputs(args.detections)
     pred_t, protos_t = torch.from_numpy(output0), torch.from_numpy(protos)
     config = yp.PostprocessConfig(num_classes=NUM_CLASSES, conf_threshold=CONF, iou_threshold=IOU)
-    print(f"{args.detections} objects, input {IMGSZ}x{IMGSZ}, conf {CONF}, NMS IoU {IOU}; {args.repeats} rounds, 1 thread")
+    print(f"{args.detections} objects, input {IMGSZ}x{IMGSZ}, conf {CONF}, NMS IoU {IOU}; "
+          f"{args.repeats} rounds, 1 thread")
     print("times in ms as min / median (round robin); ratio = ours (ONNX layout) / Ultralytics, from the minima")
     print(f"{'source frame':>12} {'dets':>4} {'ours ONNX':>13} {'ours Hailo':>13} {'UL native':>15} {'UL default':>15} "
           f"{'vs native':>9} {'vs default':>10}")

@@ -39,7 +39,8 @@ def write_frame(root: Path, split: str, name: str, instance_map: np.ndarray, ext
         atomic.write_png(image_path, image)
     else:
         atomic.write_bytes(image_path, cv2.imencode(ext, image)[1].tobytes())
-    atomic.write_png(root / "gtFine" / split / drive / f"{image_id}{bridge.instance_suffix('id')}", instance_map.astype(np.uint16))
+    instance_png = root / "gtFine" / split / drive / f"{image_id}{bridge.instance_suffix('id')}"
+    atomic.write_png(instance_png, instance_map.astype(np.uint16))
     return image_path
 
 
@@ -134,7 +135,9 @@ def test_groups_and_empty_frames_are_backgrounds(dataset, tmp_path):
         assert (out / "labels" / "train" / f"{name}.txt").read_text() == ""
     train = report["splits"]["train"]
     assert train["images"] == 4 and train["backgrounds"] == 2 and train["corrupt"] == 0
-    assert train["instances"] == {"person_animal": 1, "rider": 1, "motorcycle_bicycle": 0, "autorickshaw_car": 1, "large_vehicle": 1}
+    assert train["instances"] == {
+        "person_animal": 1, "rider": 1, "motorcycle_bicycle": 0, "autorickshaw_car": 1, "large_vehicle": 1
+    }
     assert report["splits"]["val"]["instances"]["motorcycle_bicycle"] == 1
 
 
@@ -252,7 +255,8 @@ def test_cli_reads_the_composed_config(dataset, tmp_path, capsys):
     params = config.compose(["yolo.bridge.workers=2"])
     config.write_params(params, tmp_path / "params.yaml")
     out, report_path = tmp_path / "yolo", tmp_path / "report.json"
-    code = main(["yolo-bridge", str(root), str(root), str(out), "--report", str(report_path), "--params", str(tmp_path / "params.yaml")])
+    params_file = str(tmp_path / "params.yaml")
+    code = main(["yolo-bridge", str(root), str(root), str(out), "--report", str(report_path), "--params", params_file])
     assert code == 0
     report = json.loads(report_path.read_text())
     assert report["splits"]["train"]["instances_total"] == 4 and report["encoding"] == "id"

@@ -25,7 +25,9 @@ def test_graph_is_static_opset_11_without_nms(exported):
     _, out = exported
     graph = onnx.load(out / "yolov8n_seg.onnx")
     assert {o.domain: o.version for o in graph.opset_import}[""] == 11
-    dims = lambda value: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    def dims(value) -> list:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
     assert [dims(i) for i in graph.graph.input] == [[1, 3, EXPORT_IMGSZ, EXPORT_IMGSZ]]
     anchors = sum((EXPORT_IMGSZ // s) ** 2 for s in (8, 16, 32))
     assert {o.name: dims(o) for o in graph.graph.output} == {

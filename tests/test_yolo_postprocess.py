@@ -202,7 +202,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="conf_threshold"):
         yp.PostprocessConfig(num_classes=5, conf_threshold=1.5)
     with pytest.raises(ValueError, match="channels"):
-        yp.decode_onnx(np.zeros((1, 40, 10)), np.zeros((1, 32, 4, 4)), Letterbox.fit((32, 32), 32), yp.PostprocessConfig(5))
+        geometry = Letterbox.fit((32, 32), 32)
+        yp.decode_onnx(np.zeros((1, 40, 10)), np.zeros((1, 32, 4, 4)), geometry, yp.PostprocessConfig(5))
 
 
 def test_runtime_package_never_imports_torch():

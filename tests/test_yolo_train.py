@@ -48,7 +48,8 @@ def bridged(tmp_path_factory) -> Path:
     params = root / "params.yaml"
     config.write_params(config.compose(["yolo.bridge.workers=1", "convert.workers=1"]), params)
     synth, instances, dataset = root / "synth", root / "instances", root / "dataset"
-    assert main(["synth", str(synth), "--train", "4", "--val", "2", "--test", "0", "--size", "192x108", "--seed", "3"]) == 0
+    assert main(["synth", str(synth), "--train", "4", "--val", "2", "--test", "0", "--size", "192x108",
+                 "--seed", "3"]) == 0
     assert main(["convert", str(synth), str(instances), "--encoding", "id", "--instance", "--no-semantic", "--no-color",
                  "--no-panoptic", "--report", str(root / "convert.json"), "--params", str(params)]) == 0
     assert main(["yolo-bridge", str(instances), str(synth), str(dataset), "--report", str(root / "bridge.json"),
@@ -58,7 +59,8 @@ def bridged(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_tiny_offline_training_run_writes_metrics_and_plots(bridged, tmp_path):
-    checkpoint = save_checkpoint(build_model(num_classes=80), tmp_path / "weights" / "yolov8n-seg.pt")  # COCO-sized head
+    coco_sized_head = build_model(num_classes=80)
+    checkpoint = save_checkpoint(coco_sized_head, tmp_path / "weights" / "yolov8n-seg.pt")
     overrides = ["yolo.train.epochs=1", "yolo.train.imgsz=64", "yolo.train.batch=4", "yolo.train.plots=false",
                  f"yolo.train.pretrained={checkpoint}"]
     config.write_params(config.compose(overrides), tmp_path / "params.yaml")
@@ -66,7 +68,8 @@ def test_tiny_offline_training_run_writes_metrics_and_plots(bridged, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "YOLO_CONFIG_DIR", "YOLO_OFFLINE")}
     env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")  # a second line of defence
     run = subprocess.run(
-        [sys.executable, "-c", NETWORK_GUARD + RUN_CLI, "yolo-train", str(bridged), str(out), "--params", str(tmp_path / "params.yaml")],
+        [sys.executable, "-c", NETWORK_GUARD + RUN_CLI,
+         "yolo-train", str(bridged), str(out), "--params", str(tmp_path / "params.yaml")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     log = run.stdout + run.stderr

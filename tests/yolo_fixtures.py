@@ -62,7 +62,8 @@ def exported_model(base: Path) -> tuple[Path, Path]:
 
     checkpoint = save_checkpoint(build_model(), base / "perturbed.pt")
     out = base / "export"
-    export(checkpoint, out, ExportSettings(imgsz=EXPORT_IMGSZ, opset=11, parity_tolerance=1e-4), {"conf_threshold": 0.5})
+    settings = ExportSettings(imgsz=EXPORT_IMGSZ, opset=11, parity_tolerance=1e-4)
+    export(checkpoint, out, settings, {"conf_threshold": 0.5})
     return checkpoint, out
 
 

@@ -80,7 +80,9 @@ class Letterbox:
         return self.pad_top + y * self.gain_y
 
 
-def letterbox(image: np.ndarray, input_shape: tuple[int, int] | int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    image: np.ndarray, input_shape: tuple[int, int] | int, pad_value: int = PAD_VALUE
+) -> tuple[np.ndarray, Letterbox]:
     """Letterbox `image` into `input_shape`; returns the canvas and the geometry to undo it."""
     geometry = Letterbox.fit(image.shape[:2], input_shape)
     return geometry.apply(image, pad_value), geometry

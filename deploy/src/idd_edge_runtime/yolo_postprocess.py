@@ -12,7 +12,8 @@ the few survivors), class-aware greedy NMS, boxes mapped back through the letter
 per detection inside its box only: the mask logits come from the prototype pixels under the box, and
 only that crop is resampled to source resolution. The result equals Ultralytics' `retina_masks=True`
 prediction (masks at native resolution, `sigmoid(c @ P) > 0.5` cropped to the box, detections with an
-empty mask dropped) without ever building a full-frame mask. Depends on NumPy only (plus the letterbox geometry); never imports torch.
+empty mask dropped) without ever building a full-frame mask. NumPy only (plus the letterbox geometry);
+never imports torch.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def decode_onnx(
     protos_chw = _drop_batch(np.asarray(protos), 3, "protos")
     nc = config.num_classes
     if pred.shape[0] != 4 + nc + MASK_DIM:
-        raise ValueError(f"output0 has {pred.shape[0]} channels, expected 4 + {nc} classes + {MASK_DIM} = {4 + nc + MASK_DIM}")
+        raise ValueError(
+            f"output0 has {pred.shape[0]} channels, expected 4 + {nc} classes + {MASK_DIM} = {4 + nc + MASK_DIM}"
+        )
     if protos_chw.shape[0] != MASK_DIM:
         raise ValueError(f"prototypes have {protos_chw.shape[0]} channels, expected {MASK_DIM}")
     scores_all = pred[4 : 4 + nc]
@@ -157,10 +160,9 @@ def decode_hailo(
         rows, cols = np.divmod(keep, width)
         distances = _dfl_expectation(box_logits.reshape(height * width, 4, REG_MAX)[keep])
         anchor_x, anchor_y = cols + 0.5, rows + 0.5
-        boxes = np.stack(
-            [anchor_x - distances[:, 0], anchor_y - distances[:, 1], anchor_x + distances[:, 2], anchor_y + distances[:, 3]],
-            axis=1,
-        ) * stride
+        left_top = np.stack([anchor_x, anchor_y], axis=1) - distances[:, :2]
+        right_bottom = np.stack([anchor_x, anchor_y], axis=1) + distances[:, 2:]
+        boxes = np.concatenate([left_top, right_bottom], axis=1) * stride
         parts.append(
             _Candidates(
                 boxes=boxes.astype(np.float32),
@@ -169,7 +171,9 @@ def decode_hailo(
                 coefficients=coefficients.reshape(height * width, MASK_DIM)[keep].astype(np.float32),
             )
         )
-    candidates = _Candidates(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("boxes", "scores", "class_ids", "coefficients")))
+    candidates = _Candidates(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("boxes", "scores", "class_ids", "coefficients"))
+    )
     return _finish(candidates, _Protos(layout["protos"], channels_last=True), geometry, config)
 
 
@@ -213,7 +217,9 @@ def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, np.finfo(np.float32).tiny)
 
 
-def _finish(candidates: _Candidates, protos: _Protos, geometry: Letterbox, config: PostprocessConfig) -> InstanceDetections:
+def _finish(
+    candidates: _Candidates, protos: _Protos, geometry: Letterbox, config: PostprocessConfig
+) -> InstanceDetections:
     keep = nms(candidates.boxes, candidates.scores, candidates.class_ids, config.iou_threshold)[: config.max_det]
     boxes = geometry.boxes_to_source(candidates.boxes[keep])
     regions = _mask_regions(boxes, geometry.source_shape)

@@ -57,7 +57,9 @@ class ClassMap:
     encoding: str
 
 
-def resolve_classes(classes: Mapping[str, Sequence[str]], encoding: str, source: str | os.PathLike | None = None) -> ClassMap:
+def resolve_classes(
+    classes: Mapping[str, Sequence[str]], encoding: str, source: str | os.PathLike | None = None
+) -> ClassMap:
     """Resolve `{yolo_name: [IDD label names]}` against `encoding`; errors name `source` (the config).
 
     Refused: unknown names, labels without instances, group names (never instances), and mappings the
@@ -76,7 +78,9 @@ def resolve_classes(classes: Mapping[str, Sequence[str]], encoding: str, source:
             raise InputError(source, f"yolo.classes.{yolo_name} must be a non-empty list of IDD label names")
         for name in idd_names:
             if labels.is_group(name):
-                raise InputError(source, f"yolo.classes.{yolo_name}: {name!r} is a group label; groups are never instances")
+                raise InputError(
+                    source, f"yolo.classes.{yolo_name}: {name!r} is a group label; groups are never instances"
+                )
             label = labels.NAME_TO_LABEL.get(name)
             if label is None:
                 raise InputError(source, f"yolo.classes.{yolo_name}: unknown IDD label {name!r}")
@@ -138,17 +142,25 @@ def bridge(
 ) -> dict:
     """Write the Ultralytics dataset at `out` (atomically replaced) and return the report."""
     if "train" not in splits or "val" not in splits:
-        raise InputError(None, f"yolo.bridge.splits must include train and val (Ultralytics needs both), got {list(splits)}")
+        raise InputError(
+            None, f"yolo.bridge.splits must include train and val (Ultralytics needs both), got {list(splits)}"
+        )
     staging = out.with_name(f".{out.name}.staging")
     if staging.exists():
         shutil.rmtree(staging)
-    tasks = [task for split in splits for task in _split_tasks(instances_root, images_root, staging, split, class_map, simplify_px, min_area)]
+    tasks = [
+        task
+        for split in splits
+        for task in _split_tasks(instances_root, images_root, staging, split, class_map, simplify_px, min_area)
+    ]
     results = _run(tasks, workers)
     report = _report(results, class_map, splits, instances_root, images_root)
     corrupt = report["corrupt_files"]
     if corrupt and strict:
         first = corrupt[0]
-        raise StageError(f"{len(corrupt)} corrupt inputs (yolo.bridge.strict); first: {first['file']}: {first['problem']}")
+        raise StageError(
+            f"{len(corrupt)} corrupt inputs (yolo.bridge.strict); first: {first['file']}: {first['problem']}"
+        )
     _write_data_yaml(staging / "data.yaml", class_map, splits, instances_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.replace_dir(staging, out)
@@ -156,7 +168,13 @@ def bridge(
 
 
 def _split_tasks(
-    instances_root: Path, images_root: Path, staging: Path, split: str, class_map: ClassMap, simplify_px: float, min_area: int
+    instances_root: Path,
+    images_root: Path,
+    staging: Path,
+    split: str,
+    class_map: ClassMap,
+    simplify_px: float,
+    min_area: int,
 ) -> list[_Task]:
     suffix = instance_suffix(class_map.encoding)
     split_dir = instances_root / "gtFine" / split
@@ -240,7 +258,10 @@ def _load_inputs(task: _Task) -> tuple[np.ndarray | None, str | None]:
     if instance_map is None:
         return None, f"{task.instance_png}: unreadable PNG"
     if instance_map.dtype != np.uint16 or instance_map.ndim != 2:
-        return None, f"{task.instance_png}: expected a single-channel uint16 instance PNG, got {instance_map.dtype} {instance_map.shape}"
+        return None, (
+            f"{task.instance_png}: expected a single-channel uint16 instance PNG, "
+            f"got {instance_map.dtype} {instance_map.shape}"
+        )
     try:
         with Image.open(task.image) as image:
             size = image.size
@@ -269,9 +290,8 @@ def instance_boxes(instance_map: np.ndarray) -> dict[int, tuple[int, int, int, i
     starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
     boxes = {}
     for start, end in zip(starts, np.r_[starts[1:], values.size]):
-        boxes[int(values[start])] = (
-            int(ys[start:end].min()), int(ys[start:end].max()) + 1, int(xs[start:end].min()), int(xs[start:end].max()) + 1,
-        )
+        rows, cols = ys[start:end], xs[start:end]
+        boxes[int(values[start])] = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
     return boxes
 
 
@@ -291,7 +311,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def _report(results: list[ImageResult], class_map: ClassMap, splits: Sequence[str], instances_root: Path, images_root: Path) -> dict:
+def _report(
+    results: list[ImageResult], class_map: ClassMap, splits: Sequence[str], instances_root: Path, images_root: Path
+) -> dict:
     report: dict = {
         "instances_root": str(instances_root),
         "images_root": str(images_root),
@@ -365,7 +387,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     params = config.load_params(args.params)
     settings = config.section(params, "yolo.bridge", args.params)
     class_map = resolve_classes(
-        config.section(params, "yolo.classes", args.params), config.section(params, "yolo.instances.encoding", args.params), args.params
+        config.section(params, "yolo.classes", args.params),
+        config.section(params, "yolo.instances.encoding", args.params),
+        args.params,
     )
     report = bridge(
         args.instances,

@@ -71,7 +71,10 @@ def export(weights: Path, out: Path, settings: ExportSettings, postprocess: dict
     parity = check_parity(model.model, data, settings.imgsz)
     worst = max(parity.values())
     if worst > settings.parity_tolerance:
-        raise StageError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (relative) > yolo.export.parity_tolerance {settings.parity_tolerance}")
+        raise StageError(
+            f"ONNX Runtime differs from PyTorch by {worst:.2e} (relative) > "
+            f"yolo.export.parity_tolerance {settings.parity_tolerance}"
+        )
     names = model.model.names
     sidecar = {
         "model": "yolov8n-seg",
@@ -114,7 +117,8 @@ def check_parity(torch_model, onnx_bytes: bytes, imgsz: int, seed: int = 0) -> d
     frame = cv2.GaussianBlur(rng.integers(0, 256, (imgsz, imgsz, 3), dtype=np.uint8), (0, 0), 3)
     tensor = (frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    onnx_outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, {session.get_inputs()[0].name: tensor})))
+    values = session.run(None, {session.get_inputs()[0].name: tensor})
+    onnx_outputs = dict(zip((o.name for o in session.get_outputs()), values))
     model = torch_model.float().eval()
     with torch.no_grad():
         (prediction, protos), _ = model(torch.from_numpy(tensor))

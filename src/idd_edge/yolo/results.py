@@ -60,7 +60,8 @@ def summarize(rows: list[dict[str, float]]) -> dict:
     """The metrics.json document for these epochs."""
     best = max(rows, key=fitness)  # first of equals, as Ultralytics keeps the first best
     last = rows[-1]
-    bad = [f"{split}/{name}_loss" for split in ("train", "val") for name in LOSS_NAMES if not math.isfinite(last[f"{split}/{name}_loss"])]
+    columns = [f"{split}/{name}_loss" for split in ("train", "val") for name in LOSS_NAMES]
+    bad = [column for column in columns if not math.isfinite(last[column])]
     if bad:
         raise StageError(f"non-finite losses at epoch {int(last['epoch'])}: {', '.join(bad)}")
     metrics: dict = {
@@ -80,7 +81,7 @@ def plot_tables(rows: list[dict[str, float]]) -> dict[str, str]:
     losses = [["epoch", *(f"{split}_{name}" for split in ("train", "val") for name in LOSS_NAMES)]]
     metrics = [["epoch", *(f"{group}_{name}" for group, columns in METRIC_COLUMNS.items() for name in columns)]]
     for row in rows:
-        losses.append([int(row["epoch"]), *(row[f"{split}/{name}_loss"] for split in ("train", "val") for name in LOSS_NAMES)])
+        losses.append([int(row["epoch"]), *(row[f"{s}/{name}_loss"] for s in ("train", "val") for name in LOSS_NAMES)])
         metrics.append([int(row["epoch"]), *(row[c] for columns in METRIC_COLUMNS.values() for c in columns.values())])
     return {"losses.csv": _csv(losses), "metrics.csv": _csv(metrics)}
 

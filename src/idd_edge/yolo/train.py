@@ -59,12 +59,18 @@ class TrainSettings:
             raise InputError(source, f"yolo.train is missing {exc}; recompose with `idd-edge params`") from None
         if settings.amp not in AMP_CHOICES:
             raise InputError(
-                source, f"yolo.train.amp must be false or bf16, got {settings.amp!r}: Ultralytics' fp16 AMP check downloads a model"
+                source,
+                f"yolo.train.amp must be false or bf16, got {settings.amp!r}: "
+                "Ultralytics' fp16 AMP check downloads a model",
             )
         if settings.cache not in (False, "ram"):
-            raise InputError(source, f"yolo.train.cache must be false or ram, got {settings.cache!r} (disk writes into the dataset)")
+            raise InputError(
+                source, f"yolo.train.cache must be false or ram, got {settings.cache!r} (disk writes into the dataset)"
+            )
         if settings.imgsz % 32:
-            raise InputError(source, f"yolo.train.imgsz must be a multiple of 32 (the largest stride), got {settings.imgsz}")
+            raise InputError(
+                source, f"yolo.train.imgsz must be a multiple of 32 (the largest stride), got {settings.imgsz}"
+            )
         return settings
 
 
@@ -81,7 +87,8 @@ def transferred_weights(model_yaml: str, checkpoint: Path, num_classes: int) -> 
     try:  # torch.load(weights_only=True) with Ultralytics' class allow-list (ULTRALYTICS_SAFE_LOAD, offline.py)
         source, _ = load_checkpoint(checkpoint)
     except (TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise InputError(checkpoint, f"not a loadable Ultralytics checkpoint: {str(exc).strip().splitlines()[0]}") from None
+        problem = str(exc).strip().splitlines()[0]
+        raise InputError(checkpoint, f"not a loadable Ultralytics checkpoint: {problem}") from None
     model = SegmentationModel(model_yaml, nc=num_classes, verbose=False)
     model.load(source, verbose=False)
     target = model.state_dict()
@@ -102,9 +109,15 @@ def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
     if settings.pretrained.is_file():
         transferred, total = transferred_weights(settings.model, settings.pretrained, num_classes)
         init = {"weights": str(settings.pretrained), "transferred": transferred, "total": total}
-        log.info("initialising %s from %s: %d/%d tensors transferred", settings.model, settings.pretrained, transferred, total)
+        log.info(
+            "initialising %s from %s: %d/%d tensors transferred", settings.model, settings.pretrained, transferred, total
+        )
     else:
-        log.warning("no pretrained weights at %s: training %s from scratch (random initialisation)", settings.pretrained, settings.model)
+        log.warning(
+            "no pretrained weights at %s: training %s from scratch (random initialisation)",
+            settings.pretrained,
+            settings.model,
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     staging = (out / ".train.staging").resolve()
