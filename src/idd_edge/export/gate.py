@@ -284,7 +284,7 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
                    max_images: int | None, thresholds: GateThresholds) -> dict[str, Any]:
     """Score PyTorch fp32, ONNX fp32, ONNX int8 (and read the Hailo emulation score) of one semantic model."""
     from idd_edge.export import evaluate, preprocessing
-    from idd_edge.export.onnx_io import onnx_session
+    from idd_edge.export.onnx_io import onnx_session, sha256_file
     from idd_edge.labels import LEVEL_CLASS_NAMES
     from idd_edge.seg import load_trained
 
@@ -297,6 +297,9 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
         raw = evaluate.evaluate_semantic(predict, dataset, preprocess, LEVEL_CLASS_NAMES[level], max_images, f"{name} {fmt}")
         return semantic_scores(raw)
 
+    weights = Path(record["run_dir"]) / "model.pt"
+    if record.get("weights_sha256") and sha256_file(weights) != record["weights_sha256"]:
+        raise InputError(weights, f"changed since {name} was exported: re-run `idd-edge export --run {name}`")
     model, _info = load_trained(Path(record["run_dir"]))
     evaluations: dict[str, Any] = {REFERENCE: score(evaluate.torch_predictor(model, mean, std), REFERENCE)}
     evaluations["onnx_fp32"] = score(evaluate.onnx_predictor(onnx_session(record["path"]), mean, std), "onnx_fp32")
