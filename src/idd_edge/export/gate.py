@@ -151,7 +151,7 @@ def _points(value: float | None) -> str:
 
 
 def _delta(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
+    return "n/a" if value is None else f"{round(value, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
 
 
 def render_report(results: Sequence[Mapping[str, Any]], thresholds: GateThresholds, plots: Mapping[str, str]) -> str:
