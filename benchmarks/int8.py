@@ -7,8 +7,9 @@
 
 For each student: median latency per frame (batch 1; wall clock and process CPU time) of the fp32 ONNX and
 of its INT8 model in the same process, same session options and thread count, after warm-up, measured
-alternately so load changes hit both alike; the ratio fp32 / int8 (> 1: INT8 is faster); and, when the accuracy gate has run, the INT8 mIoU change vs PyTorch fp32 from
-`artifacts/reports/quantization.json` (the same evaluator as training). Prints a table; `--json` saves it.
+alternately so load changes hit both alike; the ratio fp32 / int8 (> 1: INT8 is faster); and, when the
+accuracy gate has run, the INT8 mIoU change vs PyTorch fp32 from `artifacts/reports/quantization.json`
+(the same evaluator as training). Prints a table; `--json` saves it.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_calibration_set_format_coverage_and_record(splits, caplog):
                                        _targets(), out, num_images=8, seed=0, level=LEVEL)
     array = np.load(out / "resize_16x24.npy", allow_pickle=False)
     assert array.shape == (8, 16, 24, 3) and array.dtype == np.float32  # NHWC
-    assert 0.0 <= array.min() and array.max() <= 255.0 and array.max() > 1.0  # raw pixels, not normalized
+    assert array.min() >= 0.0 and array.max() <= 255.0 and array.max() > 1.0  # raw pixels, not normalized
     assert record["arrays"]["resize_16x24"]["shape"] == [8, 16, 24, 3]
     # Each stored image is the preprocessed training image it names.
     first = record["images"][0]

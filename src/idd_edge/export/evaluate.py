@@ -83,7 +83,7 @@ def evaluate_semantic(
         update_confusion(cm, labels, mask)
     scores = segmentation_scores(cm, class_names)
     scores["images"] = count
-    scores["gt_pixels"] = {name: int(n) for name, n in zip(class_names, cm.sum(axis=1).tolist())}
+    scores["gt_pixels"] = {name: int(n) for name, n in zip(class_names, cm.sum(axis=1).tolist(), strict=True)}
     return scores
 
 

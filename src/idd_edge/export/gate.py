@@ -2,8 +2,9 @@
 
 Per model the chain PyTorch fp32 -> ONNX fp32 -> ONNX int8 -> Hailo emulation (when a HEF was built) is
 scored on the validation split with one evaluator per role (semantic: mIoU and per-class IoU with the
-training metrics; YOLOv8-seg: mask mAP50-95 overall and per class with Ultralytics' validator). A format passes when its overall score drops by at most `max_drop` points and no class present
-in validation drops by more than `max_class_drop` points; a model passes when every gated format that
+training metrics; YOLOv8-seg: mask mAP50-95 overall and per class with Ultralytics' validator). A format
+passes when its overall score drops by at most `max_drop` points and no class present in validation
+drops by more than `max_class_drop` points; a model passes when every gated format that
 could be evaluated passes. Failed models stay out of the device bundle, and the report names the
 classes that regressed. Results: `quantization.md` (for people), `quantization.json` (DVC metrics) and
 per-class delta plots.

@@ -124,7 +124,8 @@ def _input_findings(graph: onnx.GraphProto) -> Iterable[CompatFinding]:
         dims = tensor.type.tensor_type.shape.dim
         static = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
         if any(value is None for value in static):
-            yield CompatFinding(tensor.name, "input", ERROR, f"dynamic input shape {_shape_text(dims)}; export with a static shape")
+            yield CompatFinding(tensor.name, "input", ERROR,
+                                f"dynamic input shape {_shape_text(dims)}; export with a static shape")
         elif len(static) != 4 or static[0] != 1:
             yield CompatFinding(tensor.name, "input", ERROR, f"input shape {static}: the chip takes one 4-D NCHW image (batch 1)")
 

@@ -18,13 +18,16 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single, sha256_file
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,6 @@ def export_model(
     Fails (StageError) when ONNX Runtime agrees with PyTorch on fewer than `min_argmax_agreement` of
     the parity pixels, or (in compat mode "error") when the graph has known Hailo blockers.
     """
-    import onnx
 
     logits_model = export_to_onnx(model, input_hw, opset, simplify)
     final = append_argmax(logits_model) if argmax else logits_model

@@ -95,6 +95,9 @@ def preprocess_fn(record: Mapping[str, Any]) -> Callable[[np.ndarray], np.ndarra
     return lambda image: resize_rgb(image, size_hw)
 
 
-def calibration_targets(records: list[Mapping[str, Any]]) -> dict[str, tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]]:
+Target = tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]
+
+
+def calibration_targets(records: list[Mapping[str, Any]]) -> dict[str, Target]:
     """One calibration array per distinct (preprocessing, input size) among the exported models."""
     return {calibration_key(record): (preprocess_fn(record), input_hw(record)) for record in records}

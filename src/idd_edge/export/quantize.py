@@ -15,7 +15,7 @@ import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +23,9 @@ from tqdm import tqdm
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.export.onnx_io import sha256_file
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
