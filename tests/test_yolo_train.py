@@ -167,6 +167,13 @@ def test_summary_takes_the_best_epoch_metrics_and_the_last_losses(tmp_path):
     assert tables["metrics.csv"].splitlines()[2].startswith("2,0.36,0.21,0.7,0.3,")
 
 
+def test_best_epoch_is_the_last_of_equals_like_best_pt(tmp_path):
+    rows = results.read_results(write_results(tmp_path / "results.csv", [
+        result_row(1, 0.0, 0.0, 2.0), result_row(2, 0.0, 0.0, 1.5), result_row(3, 0.0, 0.0, 1.3),
+    ]))
+    assert results.summarize(rows)["best_epoch"] == 3  # trainer: best.pt saved whenever fitness == best
+
+
 def test_non_finite_losses_fail_the_stage(tmp_path):
     rows = results.read_results(write_results(tmp_path / "results.csv", [result_row(1, 0.1, 0.1, float("nan"))]))
     with pytest.raises(StageError, match="non-finite"):

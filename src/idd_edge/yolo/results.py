@@ -58,7 +58,7 @@ def fitness(row: dict[str, float]) -> float:
 
 def summarize(rows: list[dict[str, float]]) -> dict:
     """The metrics.json document for these epochs."""
-    best = max(rows, key=fitness)  # first of equals, as Ultralytics keeps the first best
+    best = max(reversed(rows), key=fitness)  # the last of equals: Ultralytics rewrites best.pt on a tie
     last = rows[-1]
     columns = [f"{split}/{name}_loss" for split in ("train", "val") for name in LOSS_NAMES]
     bad = [column for column in columns if not math.isfinite(last[column])]
