@@ -68,11 +68,14 @@ class LRASPP(nn.Module):
         self.backbone = backbone
         self.head = LRASPPHead(low_channels, high_channels, num_classes, inter_channels)
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-        self.low_size = None if input_size is None else (-(-input_size[0] // low_reduction), -(-input_size[1] // low_reduction))
+        self.low_size = None
+        if input_size is not None:  # ceil: a stride-2 conv with padding 1 rounds up
+            self.low_size = (-(-input_size[0] // low_reduction), -(-input_size[1] // low_reduction))
         self.export = False  # True: return the logits tensor itself (ONNX / Hailo graphs want one plain output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # shapes are static there anyway
+        if self.input_size is not None and not tracing and tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(f"LR-ASPP built for input {self.input_size}, got {tuple(x.shape[-2:])}")
         low, high = self.backbone(x)
         low_size = self.low_size or tuple(low.shape[-2:])

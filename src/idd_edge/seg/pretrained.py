@@ -2,7 +2,8 @@
 
 Lookup order for a backbone tag such as `mobilenetv4_conv_small.e2400_r224_in1k`:
 1. the model config's `weights` path (must exist when given);
-2. the Hugging Face hub cache that `timm.create_model(..., pretrained=True)` would have filled
+2. `models/pretrained/seg/<tag>.{safetensors,pth,bin}` (the project folder, a DVC dependency);
+3. the Hugging Face hub cache that `timm.create_model(..., pretrained=True)` would have filled
    (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`, `models--timm--<tag>/snapshots/*/`).
 The hub itself is never contacted: timm is always called with `pretrained=False` and the state dict is
 read here, with `weights_only=True` (or safetensors).
@@ -22,6 +23,8 @@ from idd_edge.errors import InputError
 log = logging.getLogger(__name__)
 
 WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+PROJECT_WEIGHTS_DIR = Path("models/pretrained/seg")
+PROJECT_SUFFIXES = (".safetensors", ".pth", ".bin")
 
 
 def hub_cache_dirs() -> list[Path]:
@@ -33,7 +36,10 @@ def hub_cache_dirs() -> list[Path]:
 
 
 def find_cached_weights(tag: str) -> Path | None:
-    """A cached weight file of timm model `tag` (e.g. `convnext_base.fb_in22k_ft_in1k`), or None."""
+    """A local weight file of timm model `tag` (e.g. `convnext_base.fb_in22k_ft_in1k`), or None."""
+    for suffix in PROJECT_SUFFIXES:
+        if (PROJECT_WEIGHTS_DIR / f"{tag}{suffix}").is_file():
+            return PROJECT_WEIGHTS_DIR / f"{tag}{suffix}"
     for cache in hub_cache_dirs():
         snapshots = cache / f"models--timm--{tag}" / "snapshots"
         for name in WEIGHT_FILE_NAMES:
@@ -96,9 +102,9 @@ def init_backbone(backbone: nn.Module, tag: str, weights: str | None, enabled: b
         path = find_cached_weights(tag)
         if path is None:
             log.warning(
-                "backbone %s: no local ImageNet weights (looked in %s); RANDOM INIT. Put the file in the "
-                "hub cache or set the model config's `weights` path for pretrained training.",
-                tag, ", ".join(str(d) for d in hub_cache_dirs()),
+                "backbone %s: no local ImageNet weights (looked in %s); RANDOM INIT. Put %s.safetensors in "
+                "%s (see its README) or set the model config's `weights` path for pretrained training.",
+                tag, ", ".join(str(d) for d in (PROJECT_WEIGHTS_DIR, *hub_cache_dirs())), tag, PROJECT_WEIGHTS_DIR,
             )
             return "random (no local weights)"
     count = load_backbone_weights(backbone, path)

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,7 +263,10 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     )
     log.info("%s: %s on %s, precision %s, %d train / %d val images, %d epochs", job.run,
              job.model_cfg["name"], accelerator, precision, len(train_set), len(val_set), job.schedule.epochs)
-    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    with warnings.catch_warnings():
+        # checkpoints/ always holds run.json, so Lightning's "directory not empty" notice is expected.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise StageError(f"{job.run}: training was interrupted; re-run the stage to resume from {ckpt_dir / 'last.ckpt'}")
     if not trainer.is_global_zero:

@@ -1,0 +1,85 @@
+"""Logit-distillation loss: hand-computed values, void pixels ignored, T^2 option."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from idd_edge.seg.kd import KDConfig, masked_cross_entropy, masked_kl_divergence
+
+
+def _softmax(values: list[float]) -> list[float]:
+    exps = [math.exp(v) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_kl_matches_a_hand_computed_value_and_skips_void_pixels():
+    # Two pixels, two classes; the second pixel is void and must not count.
+    student = torch.tensor([[[[1.0, 5.0]], [[3.0, -2.0]]]])  # (1, 2, 1, 2)
+    teacher = torch.tensor([[[[4.0, 0.0]], [[0.0, 9.0]]]])
+    target = torch.tensor([[[0, 255]]])
+    temperature = 4.0
+    p_teacher = _softmax([4.0 / temperature, 0.0 / temperature])
+    p_student = _softmax([1.0 / temperature, 3.0 / temperature])
+    expected = sum(t * (math.log(t) - math.log(s)) for t, s in zip(p_teacher, p_student))
+
+    kl = masked_kl_divergence(student, teacher, target, temperature)
+    assert kl.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_total_is_ce_plus_alpha_kl_and_t_squared_is_optional():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7)
+    target = torch.randint(0, 5, (2, 6, 7))
+    target[0, :2] = 255
+    plain = KDConfig(temperature=4.0, alpha=0.5).loss(student, teacher, target)
+    squared = KDConfig(temperature=4.0, alpha=0.5, temperature_squared=True).loss(student, teacher, target)
+
+    reference_ce = F.cross_entropy(student, target, ignore_index=255)
+    assert plain["ce"].item() == pytest.approx(reference_ce.item(), rel=1e-6)
+    assert plain["total"].item() == pytest.approx((plain["ce"] + 0.5 * plain["kl"]).item(), rel=1e-6)
+    assert squared["total"].item() == pytest.approx((plain["ce"] + 0.5 * 16 * plain["kl"]).item(), rel=1e-6)
+    assert squared["kl"].item() == pytest.approx(plain["kl"].item())
+
+
+def test_void_pixels_do_not_change_the_loss():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    target[0, :, :2] = 255
+    base = KDConfig().loss(student, teacher, target)
+    changed_student, changed_teacher = student.clone(), teacher.clone()
+    changed_student[..., :2] = 100.0 * torch.randn(1, 3, 4, 2)
+    changed_teacher[..., :2] = -50.0
+    changed = KDConfig().loss(changed_student, changed_teacher, target)
+    for key in ("ce", "kl", "total"):
+        assert changed[key].item() == pytest.approx(base[key].item(), rel=1e-6)
+
+
+def test_all_void_batch_gives_zero_loss_with_a_gradient_path_not_nan():
+    student = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.full((1, 4, 4), 255)
+    losses = KDConfig().loss(student, torch.randn(1, 3, 4, 4), target)
+    assert all(torch.isfinite(v) and v.item() == 0.0 for v in losses.values())
+    losses["total"].backward()
+    assert student.grad is not None and torch.equal(student.grad, torch.zeros_like(student))
+    assert masked_cross_entropy(student, target).item() == 0.0
+
+
+def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
+    logits = torch.randn(2, 4, 3, 3)
+    target = torch.zeros(2, 3, 3, dtype=torch.long)
+    assert masked_kl_divergence(logits, logits.clone(), target, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert masked_kl_divergence(logits, logits.flip(1), target, 4.0).item() > 0.0
+
+
+def test_teacher_logits_at_another_resolution_are_resized():
+    student, teacher = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 4, 4)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    upsampled = F.interpolate(teacher, size=(8, 8), mode="bilinear", align_corners=False)
+    assert masked_kl_divergence(student, teacher, target, 2.0).item() == pytest.approx(
+        masked_kl_divergence(student, upsampled, target, 2.0).item(), rel=1e-6
+    )
