@@ -83,3 +83,20 @@ def test_teacher_logits_at_another_resolution_are_resized():
     assert masked_kl_divergence(student, teacher, target, 2.0).item() == pytest.approx(
         masked_kl_divergence(student, upsampled, target, 2.0).item(), rel=1e-6
     )
+
+
+def test_training_losses_send_no_gradient_into_the_teacher():
+    from idd_edge.seg.models import build_model
+    from idd_edge.seg.task import compute_losses
+
+    torch.manual_seed(0)
+    cfg = {"arch": "lraspp", "backbone": "mobilenetv4_conv_small", "pretrained": False}
+    student, teacher = build_model(cfg, 4, (64, 64)), build_model(cfg, 4, (64, 64)).eval()
+    images, masks = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    kd = compute_losses(student, images, masks, teacher, KDConfig(alpha=2.0))
+    kd["total"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    assert kd["total"].item() == pytest.approx(kd["ce"].item() + 2.0 * kd["kl"].item(), rel=1e-6)
+    baseline = compute_losses(student, images, masks)
+    assert baseline["kl"].item() == 0.0 and baseline["total"].item() == pytest.approx(kd["ce"].item(), rel=1e-6)

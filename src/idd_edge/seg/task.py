@@ -85,6 +85,22 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def compute_losses(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, teacher: nn.Module | None = None,
+    kd: KDConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """{"ce", "kl", "total"} of one batch: masked CE, plus the KD terms when a teacher is given (the
+    teacher runs in inference mode: its logits are targets, nothing flows back into it; only tensors
+    derived from them, never the inference tensors themselves, are saved for the student's backward)."""
+    logits = as_logits(model(images))
+    if teacher is None:
+        ce = masked_cross_entropy(logits, masks)
+        return {"ce": ce, "kl": torch.zeros_like(ce), "total": ce}
+    with torch.inference_mode():
+        teacher_logits = as_logits(teacher(images))
+    return kd.loss(logits, teacher_logits, masks)
+
+
 class SegmentationTask(L.LightningModule):
     """Trains `model` on masked CE, or on the KD loss when a `teacher` is given.
 
@@ -146,15 +162,7 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        images = self._prepare(images)
-        logits = self(images)
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = as_logits(self.teacher(images))
-            losses = self.kd.loss(logits, teacher_logits, masks)
-        else:
-            ce = masked_cross_entropy(logits, masks)
-            losses = {"ce": ce, "kl": torch.zeros_like(ce), "total": ce}
+        losses = compute_losses(self.model, self._prepare(images), masks, self.teacher, self.kd)
         self._stop_if_not_finite(losses)
         stacked = torch.stack([losses["ce"], losses["kl"], losses["total"]]).detach().double()
         self._train_sums += stacked
