@@ -217,25 +217,23 @@ def thing_classes(level: str) -> tuple[int, ...]:
     return tuple(c for c, is_thing in category_is_thing(LEVEL_ENCODING[level]).items() if is_thing)
 
 
-def category_is_thing(encoding: str) -> dict[int, bool]:
+def category_labels(encoding: str) -> dict[int, Label]:
     """Categories of `encoding` as the official panoptic converter builds them: one per value, named by
-    the first table row with that value, skipping ignoreInEval rows and void. Value -> isthing."""
+    the first table row with that value, skipping ignoreInEval rows and void. Value -> that row."""
     check_encoding(encoding)
-    categories: dict[int, bool] = {}
+    categories: dict[int, Label] = {}
     for label in LABELS:
         value = label.value(encoding)
-        if label.ignoreInEval or value == background_value(encoding) or value in categories:
-            continue
-        categories[value] = label.hasInstances
+        if not (label.ignoreInEval or value == background_value(encoding) or value in categories):
+            categories[value] = label
     return categories
 
 
+def category_is_thing(encoding: str) -> dict[int, bool]:
+    """Category value -> isthing (the first row's hasInstances), see category_labels."""
+    return {value: label.hasInstances for value, label in category_labels(encoding).items()}
+
+
 def category_names(encoding: str) -> dict[int, str]:
-    """Category value -> name (first non-ignored table row), matching category_is_thing."""
-    names: dict[int, str] = {}
-    for label in LABELS:
-        value = label.value(encoding)
-        if label.ignoreInEval or value == background_value(encoding) or value in names:
-            continue
-        names[value] = label.name
-    return names
+    """Category value -> name (the first non-ignored table row), see category_labels."""
+    return {value: label.name for value, label in category_labels(encoding).items()}
