@@ -213,7 +213,7 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     from idd_edge.seg.task import OptimConfig, SegmentationTask
     from idd_edge.seg.trained import save_trained
 
-    started = time.monotonic()
+    started, started_cpu = time.monotonic(), time.process_time()
     run_dir, ckpt_dir = job.run_dir, job.run_dir / "checkpoints"
     fingerprint = job.fingerprint()
     resume_from = resume_checkpoint(ckpt_dir, fingerprint)
@@ -266,6 +266,7 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     with warnings.catch_warnings():
         # checkpoints/ always holds run.json, so Lightning's "directory not empty" notice is expected.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")  # Lightning vs this torch
         trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise StageError(f"{job.run}: training was interrupted; re-run the stage to resume from {ckpt_dir / 'last.ckpt'}")
@@ -283,8 +284,9 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     atomic.write_json(run_dir / "train_metrics.json", summary)
     atomic.write_json(ckpt_dir / RUN_STATE, {"fingerprint": fingerprint, "complete": True})
     epoch_log.end()
-    log.info("%s: best val mIoU %.2f%% at epoch %d/%d (%.0f s)", job.run, 100 * summary["best_miou"],
-             summary["best_epoch"], summary["epochs"], time.monotonic() - started)
+    log.info("%s: best val mIoU %.2f%% at epoch %d/%d (%.0f s, %.0f CPU-s in this process)", job.run,
+             100 * summary["best_miou"], summary["best_epoch"], summary["epochs"], time.monotonic() - started,
+             time.process_time() - started_cpu)
     return summary
 
 
