@@ -335,7 +335,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()  # advertisements for Lightning's cloud services
+
+
+def route_lightning_logs() -> None:
+    """Lightning logs through its own handler as well; keep one copy, in the CLI's format, without tips."""
+    import lightning.pytorch  # noqa: F401  (installs Lightning's handlers, removed here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningTips())
+
+
 def _run(args: argparse.Namespace) -> int:
+    route_lightning_logs()
     if args.role != "teacher" and not args.student:
         raise InputError(None, f"the {args.role} role needs --student KEY")
     params = config.load_params(args.params)
