@@ -241,9 +241,12 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
 
     accelerator, precision = job.engine.resolved()
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/miou", mode="max", save_top_k=1, save_last=True,
+        dirpath=ckpt_dir, filename="best", monitor="val/miou", mode="max", save_top_k=1,
         enable_version_counter=False, auto_insert_metric_name=False,
     )
+    # Lightning's `save_last` only refreshes last.ckpt when a monitored checkpoint is saved (an
+    # improvement), so a run would resume from its best epoch, not its latest: keep `last` separately.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=job.schedule.epochs,
         accelerator=accelerator,
@@ -253,7 +256,7 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
         precision=precision,
         # Only DDP strategies apply it, and torch's SyncBatchNorm runs on GPUs only.
         sync_batchnorm=job.engine.sync_batchnorm and accelerator == "gpu",
-        callbacks=[checkpoint, *extra_callbacks],
+        callbacks=[checkpoint, latest, *extra_callbacks],
         logger=False,
         enable_progress_bar=job.engine.progress_bar,
         enable_model_summary=False,
