@@ -247,3 +247,38 @@ def test_two_process_cpu_ddp_smoke_run(band_split, tmp_path):
     summary = json.loads((tmp_path / "baseline_mnv4s_lraspp" / "train_metrics.json").read_text())
     assert summary["epochs"] == 1 and 0 <= summary["best_miou"] <= 1
     assert (tmp_path / "baseline_mnv4s_lraspp" / "model.pt").is_file()
+
+
+def test_label_level_selects_the_split_folder_and_class_count(band_split, tmp_path):
+    job = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "label_level=level3"), "kd",
+                                    "mnv4l_deeplabv3plus", "test")
+    assert job.split_dir == band_split / "IDDL3" and job.label_level == "level3"
+    assert job.teacher_dir == tmp_path / "teacher" and job.run == "kd_mnv4l_deeplabv3plus"
+    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False}
+
+
+def test_the_idd_full_experiment_carries_the_seed_recipe():
+    params = config.compose(["+experiment=idd_full"])
+    train_cfg = params["train"]
+    assert params["data"]["name"] == "idd" and params["seed"] == 42
+    assert params["models"]["teacher"]["name"] == "convnext_base_upernet"
+    assert train_cfg["image_size"] == [512, 512] and train_cfg["workers"] == 8
+    assert train_cfg["engine"]["precision"] == "auto"  # bf16-mixed / 16-mixed on GPU
+    assert {k: train_cfg["teacher"][k] for k in ("epochs", "lr", "weight_decay", "batch_size")} == \
+        {"epochs": 50, "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 24}
+    assert {k: train_cfg["baseline"][k] for k in ("epochs", "lr", "batch_size")} == \
+        {"epochs": 50, "lr": 6e-4, "batch_size": 32}
+    assert {k: train_cfg["kd"][k] for k in ("epochs", "lr", "batch_size", "temperature", "alpha")} == \
+        {"epochs": 100, "lr": 6e-4, "batch_size": 24, "temperature": 4.0, "alpha": 1.0}
+
+
+def test_engine_resolves_precision_per_accelerator():
+    assert seg_train.EngineConfig(accelerator="cpu").resolved() == ("cpu", "32-true")
+    assert seg_train.EngineConfig(accelerator="gpu", precision="16-mixed").resolved() == ("gpu", "16-mixed")
+    if torch.cuda.is_available():
+        expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        assert seg_train.EngineConfig().resolved() == ("gpu", expected)
+    else:
+        assert seg_train.EngineConfig().resolved() == ("cpu", "32-true")
+    with pytest.raises(ValueError, match="engine.precision 'fp8'"):
+        seg_train.EngineConfig.from_params({"precision": "fp8"})
