@@ -286,7 +286,7 @@ def plot_coverage(coverage: Mapping[str, Any], path: Path) -> Path:
     missing = coverage["missing_from_calibration"]
     axes.set_title(f"Calibration class coverage ({coverage['classes_covered']}/{coverage['num_classes']} classes"
                    + (f"; missing: {', '.join(missing)}" if missing else "") + ")", fontsize=9)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
     axes.grid(axis="x", alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png")
