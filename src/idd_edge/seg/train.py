@@ -140,7 +140,12 @@ def run_name(role: str, student: str | None) -> str:
 
 
 def is_global_zero_process() -> bool:
-    """True in the launching process (DDP children get LOCAL_RANK > 0, other nodes NODE_RANK > 0)."""
+    """True in the process of global rank 0, before any process group exists: the global rank set by
+    torchrun (RANK) or SLURM (SLURM_PROCID), else Lightning's own launcher (children get LOCAL_RANK > 0,
+    processes on other nodes NODE_RANK > 0). Only this process cleans a run directory before training."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable]) == 0
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
