@@ -52,3 +52,14 @@ def test_replace_dir_swaps_whole_tree(tmp_path: Path) -> None:
     atomic.replace_dir(staging, dest)
     assert [p.name for p in dest.iterdir()] == ["new"]
     assert not staging.exists() and not (tmp_path / ".dest.old").exists()
+
+
+def test_outputs_get_umask_permissions_not_mkstemp_0600(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "manifest.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o644
