@@ -10,6 +10,9 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 PYTEST_ARGS ?=
+# OpenMP threads that spin while waiting make CPU training ~10x slower when processes share 2 cores
+# (DDP tests, DataLoader workers); the user's own setting wins.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: env repro test params bench clean-env
 
