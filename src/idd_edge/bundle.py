@@ -17,7 +17,6 @@ then swapped into place.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from typing import Any
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
+from idd_edge.jsonfile import read_json_if_present
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def build_bundle(
         if not gate["passed"]:
             excluded[name] = "; ".join(gate["messages"]) or "failed the accuracy gate"
             continue
-        compiled = _read_json(hailo_dir / name / "compile.json")
+        compiled = read_json_if_present(hailo_dir / name / "compile.json")
         files = {"onnx_fp32": Path(record["path"]), "onnx_int8": quant_dir / name / "model_int8.onnx"}
         if compiled and compiled.get("built"):
             files["hailo_emulation"] = hailo_dir / name / "model.hef"
@@ -228,15 +228,6 @@ def _copy_runtime(source: Path, destination: Path) -> None:
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".*"))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -253,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     params = config.load_params(args.params)
     cfg = config.section(params, "bundle", args.params)
     metrics_path = Path(config.section(params, "gate.metrics", args.params))
-    gate_metrics = _read_json(metrics_path)
+    gate_metrics = read_json_if_present(metrics_path)
     if gate_metrics is None:
         raise InputError(metrics_path, "gate results not found; run `idd-edge gate` first")
     source = {**git_source(), "dvc_data": dvc_data_hashes(Path("dvc.lock"))}

@@ -13,7 +13,6 @@ per-class delta plots.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
+from idd_edge.jsonfile import read_json_if_present
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
         evaluations["onnx_int8"] = score(evaluate.onnx_predictor(onnx_session(int8_path), mean, std), "onnx_int8")
     else:
         not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
-    compiled = _read_json(hailo_dir / name / "compile.json")
+    compiled = read_json_if_present(hailo_dir / name / "compile.json")
     if compiled and compiled.get("built") and compiled.get("emulation"):
         evaluations["hailo_emulation"] = semantic_scores(compiled["emulation"])
     elif compiled and compiled.get("built"):
@@ -340,7 +340,7 @@ def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, qu
             evaluations["onnx_int8"] = yolo_scores(int8_path, data_yaml, imgsz, Path(tmp))
         else:
             not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
-    compiled = _read_json(hailo_dir / name / "compile.json")
+    compiled = read_json_if_present(hailo_dir / name / "compile.json")
     not_evaluated["hailo_emulation"] = (
         "HEF built, but scoring the emulator's raw head outputs (mask mAP) is not wired yet: the HEF is not shipped"
         if compiled and compiled.get("built") else "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
@@ -348,10 +348,3 @@ def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, qu
     return gate_model(name, evaluations, thresholds, not_evaluated)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None

@@ -8,7 +8,6 @@ from here, so the four stages cannot disagree about an input.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from idd_edge.errors import InputError
+from idd_edge.jsonfile import read_json
 
 PREPROCESS_KINDS = ("resize", "letterbox")
 
@@ -26,10 +26,7 @@ def load_exports(export_dir: Path) -> list[dict[str, Any]]:
         raise InputError(export_dir, "export directory not found; run `idd-edge export` first")
     records = []
     for path in sorted(export_dir.glob("*/export.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"not valid JSON: {exc}") from None
+        record = read_json(path)
         for key in ("name", "role", "file", "input", "preprocess", "normalization", "hailo"):
             if key not in record:
                 raise InputError(path, f"missing key {key!r}; re-run `idd-edge export`")

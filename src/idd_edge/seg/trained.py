@@ -8,7 +8,6 @@ pixel scale: `(pixel - mean) / std`, the form of the Hailo model script's `norma
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch import nn
 
 from idd_edge import atomic
 from idd_edge.errors import InputError
+from idd_edge.jsonfile import read_json
 from idd_edge.seg.data import IMAGENET_MEAN, IMAGENET_STD
 from idd_edge.seg.models import build_model, set_export_mode
 
@@ -43,12 +43,7 @@ def save_trained(run_dir: Path, state_dict: Mapping[str, torch.Tensor], info: di
 
 def read_info(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / INFO_NAME
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "trained model description not found; run the training stage first") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from None
+    info = read_json(path, missing="trained model description not found; run the training stage first")
     for key in ("model", "num_classes", "input_size", "label_level"):
         if key not in info:
             raise InputError(path, f"missing key {key!r}")
