@@ -23,8 +23,9 @@ $(UV):
 env: $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 
+# Stages call `idd-edge`, so the environment's bin/ goes first on PATH (no activation needed).
 repro: env
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 params: env
 	$(VENV)/bin/idd-edge params
