@@ -30,9 +30,10 @@ def test_failed_write_keeps_previous_content(tmp_path: Path) -> None:
         np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8),
     ],
 )
-def test_png_roundtrip_is_lossless(tmp_path: Path, array: np.ndarray) -> None:
+@pytest.mark.parametrize("row_filters", [True, False])
+def test_png_roundtrip_is_lossless(tmp_path: Path, array: np.ndarray, row_filters: bool) -> None:
     path = tmp_path / "m.png"
-    atomic.write_png(path, array)
+    atomic.write_png(path, array, row_filters=row_filters)
     read = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array.ndim == 3:
         read = cv2.cvtColor(read, cv2.COLOR_BGR2RGB)
