@@ -10,7 +10,6 @@ torch is used here, in the tests, only: the runtime package never imports it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+from idd_edge_runtime.manifest import sha256_file
 
 SEMANTIC_CLASSES = [
     {"name": "road", "color": [128, 64, 128]},
@@ -30,6 +30,7 @@ INSTANCE_CLASSES = [
     {"name": "car", "color": [0, 255, 255]},
 ]
 IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+YOLO_NORMALIZATION = {"mean": [0, 0, 0], "std": [255, 255, 255]}
 SEMANTIC_SIZE = 64
 INSTANCE_SIZE = 128
 
@@ -100,25 +101,26 @@ def export_instance(path: Path, size: int = INSTANCE_SIZE) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def input_spec(size: int, fmt: str, normalization: Dict[str, Any]) -> Dict[str, Any]:
+    """A manifest `input` block: a HEF takes raw uint8 NHWC (normalisation runs on the chip), ONNX float32 NCHW."""
+    hef = fmt == "hef"
+    return {
+        "width": size,
+        "height": size,
+        "layout": "NHWC" if hef else "NCHW",
+        "dtype": "uint8" if hef else "float32",
+        "normalization": None if hef else normalization,
+    }
 
 
 def semantic_entry(name: str, file: str, bundle: Path, argmax: bool = False, fmt: str = "onnx") -> Dict[str, Any]:
-    hef = fmt == "hef"
     return {
         "name": name,
         "role": "semantic",
         "format": fmt,
         "file": file,
-        "sha256": sha256(bundle / file),
-        "input": {
-            "width": SEMANTIC_SIZE,
-            "height": SEMANTIC_SIZE,
-            "layout": "NHWC" if hef else "NCHW",
-            "dtype": "uint8" if hef else "float32",
-            "normalization": None if hef else IMAGENET,
-        },
+        "sha256": sha256_file(bundle / file),
+        "input": input_spec(SEMANTIC_SIZE, fmt, IMAGENET),
         "output": {"kind": "argmax" if argmax else "logits"},
         "classes": SEMANTIC_CLASSES,
         "gate": {"miou": 0.9, "threshold": 0.5, "passed": True},
@@ -126,20 +128,13 @@ def semantic_entry(name: str, file: str, bundle: Path, argmax: bool = False, fmt
 
 
 def instance_entry(name: str, file: str, bundle: Path, fmt: str = "onnx", size: int = INSTANCE_SIZE) -> Dict[str, Any]:
-    hef = fmt == "hef"
     return {
         "name": name,
         "role": "instance",
         "format": fmt,
         "file": file,
-        "sha256": sha256(bundle / file),
-        "input": {
-            "width": size,
-            "height": size,
-            "layout": "NHWC" if hef else "NCHW",
-            "dtype": "uint8" if hef else "float32",
-            "normalization": None if hef else {"mean": [0, 0, 0], "std": [255, 255, 255]},
-        },
+        "sha256": sha256_file(bundle / file),
+        "input": input_spec(size, fmt, YOLO_NORMALIZATION),
         "output": {"kind": "yolov8-seg"},
         "classes": INSTANCE_CLASSES,
         "postprocess": {"conf": 0.5, "iou": 0.5, "reg_max": 16, "mask_dim": 32},

@@ -11,7 +11,8 @@ import torch
 
 from idd_edge.errors import StageError
 from idd_edge.export.onnx_export import append_argmax, export_model, export_to_onnx, hailo_nodes, measure_parity
-from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single, sha256_file
+from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single
+from idd_edge_runtime.manifest import sha256_file
 from tests.export_support import TinySegNet
 
 

@@ -9,27 +9,28 @@ from pathlib import Path
 import pytest
 
 from idd_edge_runtime import manifest as mf
-from tests._runtime_bundle import INSTANCE_CLASSES, SEMANTIC_CLASSES, manifest_dict, write_manifest
+from tests._runtime_bundle import (
+    IMAGENET,
+    INSTANCE_CLASSES,
+    SEMANTIC_CLASSES,
+    YOLO_NORMALIZATION,
+    input_spec,
+    manifest_dict,
+    write_manifest,
+)
 
 SHA = "ab" * 32
 HAILO = {"hw_arch": "hailo8", "dfc_version": "3.33.0", "hailort_version": "4.23.0"}
 
 
 def _semantic(fmt: str = "onnx", name: str = "seg", file: str = "models/seg.onnx") -> dict:
-    hef = fmt == "hef"
     return {
         "name": name,
         "role": "semantic",
         "format": fmt,
         "file": file,
         "sha256": SHA,
-        "input": {
-            "width": 512,
-            "height": 512,
-            "layout": "NHWC" if hef else "NCHW",
-            "dtype": "uint8" if hef else "float32",
-            "normalization": None if hef else {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
-        },
+        "input": input_spec(512, fmt, IMAGENET),
         "output": {"kind": "logits"},
         "classes": SEMANTIC_CLASSES,
         "gate": {"miou": 0.61, "passed": True},
@@ -43,7 +44,7 @@ def _instance() -> dict:
         "format": "onnx",
         "file": "models/yolo.onnx",
         "sha256": SHA,
-        "input": {"width": 512, "height": 512, "layout": "NCHW", "dtype": "float32", "normalization": {"mean": [0, 0, 0], "std": [255, 255, 255]}},
+        "input": input_spec(512, "onnx", YOLO_NORMALIZATION),
         "output": {"kind": "yolov8-seg"},
         "classes": INSTANCE_CLASSES,
         "postprocess": {"conf": 0.5, "iou": 0.5, "reg_max": 16, "mask_dim": 32},

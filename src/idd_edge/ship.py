@@ -22,7 +22,6 @@ user opts into trust-on-first-use with --accept-new-host-key. The device needs s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shlex
 import shutil
@@ -264,7 +263,7 @@ def ship_bundle(
     bwlimit_kbps: int | None = None,
 ) -> ShipResult:
     """Upload `bundle` into DEST/releases/<version>/ on the device, verify it there, make it current."""
-    from idd_edge_runtime.manifest import MANIFEST_NAME, ManifestError, load_bundle
+    from idd_edge_runtime.manifest import MANIFEST_NAME, ManifestError, load_bundle, sha256_file
 
     _check_local_tools()
     dest = _remote_path(dest)
@@ -274,7 +273,7 @@ def ship_bundle(
         raise InputError(exc.path, exc.problem) from None
     version = manifest.version
     checks = checksum_list(bundle)
-    manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()
+    manifest_sha = sha256_file(bundle / MANIFEST_NAME)
     state = remote_state(target, dest, version, ssh)
 
     uploaded = False

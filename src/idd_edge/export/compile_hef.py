@@ -33,7 +33,7 @@ import numpy as np
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
-from idd_edge.export.onnx_io import sha256_file
+from idd_edge_runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -285,7 +285,8 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
                    max_images: int | None, thresholds: GateThresholds) -> dict[str, Any]:
     """Score PyTorch fp32, ONNX fp32, ONNX int8 (and read the Hailo emulation score) of one semantic model."""
     from idd_edge.export import evaluate, preprocessing
-    from idd_edge.export.onnx_io import onnx_session, sha256_file
+    from idd_edge.export.onnx_io import onnx_session
+    from idd_edge_runtime.manifest import sha256_file
     from idd_edge.labels import LEVEL_CLASS_NAMES
     from idd_edge.seg import load_trained
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
-from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single, sha256_file
+from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single
+from idd_edge_runtime.manifest import sha256_file
 
 if TYPE_CHECKING:
     import onnx

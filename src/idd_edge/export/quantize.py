@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
-from idd_edge.export.onnx_io import sha256_file
+from idd_edge_runtime.manifest import sha256_file
 
 if TYPE_CHECKING:
     import onnx

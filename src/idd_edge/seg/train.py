@@ -126,13 +126,9 @@ class TrainJob:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from idd_edge_runtime.manifest import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
 
 
 def run_name(role: str, student: str | None) -> str:
