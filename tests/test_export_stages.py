@@ -35,6 +35,19 @@ def _trained_run(run_dir, input_size=(64, 64)):
     })
 
 
+def _deployment_outputs(out, calibration_images: int, version: str) -> list[str]:
+    """Overrides that put every deployment stage's outputs under `out`, with the gate wide open
+    (these tests check the plumbing, not accuracy)."""
+    return [
+        f"export.out={out / 'export'}", f"export.metrics_dir={out / 'reports'}",
+        f"calibrate.out={out / 'calib'}", f"calibrate.num_images={calibration_images}",
+        f"calibrate.coverage_plot={out / 'coverage.png'}", f"quantize.out={out / 'quantize'}",
+        f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
+        f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}",
+        f"gate.plots={out / 'plots'}", f"bundle.out={out / 'bundle'}", f"bundle.version={version}",
+    ]
+
+
 def test_export_to_bundle_through_the_cli(tmp_path):
     splits = tmp_path / "splits"
     for split, count, seed in (("train", 10, 0), ("val", 3, 1), ("test", 2, 2)):
@@ -43,11 +56,7 @@ def test_export_to_bundle_through_the_cli(tmp_path):
     out = tmp_path / "artifacts"
     params = config.compose([
         "label_level=level1", f"split.out={splits}", f"export.runs_dir={tmp_path / 'seg'}", "export.models=[kd_tiny]",
-        "export.parity_images=2", f"export.out={out / 'export'}", f"export.metrics_dir={out / 'reports'}",
-        f"calibrate.out={out / 'calib'}", "calibrate.num_images=6", f"calibrate.coverage_plot={out / 'coverage.png'}",
-        f"quantize.out={out / 'quantize'}", f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
-        f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}", f"gate.plots={out / 'plots'}",
-        f"bundle.out={out / 'bundle'}", "bundle.version=test-1",
+        "export.parity_images=2", *_deployment_outputs(out, calibration_images=6, version="test-1"),
     ])
     params_path = tmp_path / "params.yaml"
     config.write_params(params, params_path)
@@ -89,11 +98,7 @@ def test_yolo_branch_through_calibration_int8_gate_and_bundle(tmp_path):
     params = config.compose([
         "label_level=level1", f"split.out={splits}", "export.models=[]", f"yolo.export.out={yolo_export}",
         f"yolo.train.out={tmp_path / 'yolo_train'}", f"yolo.bridge.out={dataset}",
-        f"export.out={out / 'export'}", f"export.metrics_dir={out / 'reports'}",
-        f"calibrate.out={out / 'calib'}", "calibrate.num_images=3", f"calibrate.coverage_plot={out / 'coverage.png'}",
-        f"quantize.out={out / 'quantize'}", f"compile.out={out / 'hailo'}", "gate.max_drop=100", "gate.max_class_drop=100",
-        f"gate.report={out / 'quantization.md'}", f"gate.metrics={out / 'quantization.json'}", f"gate.plots={out / 'plots'}",
-        f"bundle.out={out / 'bundle'}", "bundle.version=yolo-1",
+        *_deployment_outputs(out, calibration_images=3, version="yolo-1"),
     ])
     params_path = tmp_path / "params.yaml"
     config.write_params(params, params_path)
