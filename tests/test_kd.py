@@ -100,3 +100,30 @@ def test_training_losses_send_no_gradient_into_the_teacher():
     assert kd["total"].item() == pytest.approx(kd["ce"].item() + 2.0 * kd["kl"].item(), rel=1e-6)
     baseline = compute_losses(student, images, masks)
     assert baseline["kl"].item() == 0.0 and baseline["total"].item() == pytest.approx(kd["ce"].item(), rel=1e-6)
+
+
+def test_the_hand_written_kl_gradient_matches_autograd_of_the_textbook_formula():
+    torch.manual_seed(0)
+    student = torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    student.requires_grad_(True)
+    teacher = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    target = torch.randint(0, 5, (2, 6, 7))
+    target[1, :3] = 255
+    valid = (target != 255).to(torch.float64)
+    reference = F.kl_div(F.log_softmax(student / 3.0, 1), F.log_softmax(teacher / 3.0, 1), log_target=True,
+                         reduction="none").sum(1)
+    reference = (reference * valid).sum() / valid.sum()
+    (expected_grad,) = torch.autograd.grad(reference, student)
+    kl = masked_kl_divergence(student, teacher, target, 3.0)
+    (grad,) = torch.autograd.grad(kl, student)
+    assert kl.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(grad, expected_grad, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda s: masked_kl_divergence(s, teacher, target, 3.0), (student,))
+
+
+def test_half_precision_cached_teacher_logits_give_the_float32_loss():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5)
+    target = torch.randint(0, 4, (1, 5, 5))
+    exact = masked_kl_divergence(student, teacher.half().float(), target, 4.0)
+    assert masked_kl_divergence(student, teacher.half(), target, 4.0).item() == pytest.approx(exact.item(), rel=1e-6)
