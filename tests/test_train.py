@@ -4,6 +4,7 @@ non-finite loss, DDP. The real configs are composed and shrunk (64x64, few image
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def shrunk_params(split_root: Path, out: Path, *overrides: str) -> dict:
         "train.teacher.epochs=3", "train.teacher.batch_size=4",
         "train.baseline.epochs=3", "train.baseline.batch_size=4",
         "train.kd.epochs=2", "train.kd.batch_size=4",
+        f"train.teacher_logits.out={out / 'teacher_logits'}", "train.teacher_logits.input_size=[64,96]",
+        "train.teacher_logits.fidelity_crops=8",
         *overrides,
     ])
 
@@ -54,11 +57,15 @@ def band_split(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(band_split, tmp_path_factory) -> dict:
-    """Teacher (5 epochs) and a KD student distilled from it (2 epochs), trained once for the module."""
+    """Teacher (5 epochs), its cached training logits, and a KD student distilled from them (2 epochs, the
+    default cached mode), trained once for the module."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("seg")
+    params_file = out / "params.yaml"
     params = shrunk_params(band_split, out, "train.teacher.epochs=5", "train.teacher.lr=5e-3")
+    config.write_params(params, params_file)
     teacher = seg_train.train(seg_train.job_from_params(params, "teacher", None, "test"))
+    assert cli.main(["teacher-logits", "--params", str(params_file)]) == 0
     kd = seg_train.train(seg_train.job_from_params(params, "kd", "mnv4s_lraspp", "test"))
     return {"out": out, "params": params, "teacher": teacher, "kd": kd}
 
@@ -67,6 +74,37 @@ def trained(band_split, tmp_path_factory) -> dict:
 def test_teacher_learns_far_beyond_chance(trained):
     # 4 of 16 classes present; a random predictor scores a few percent mIoU.
     assert trained["teacher"]["best_miou"] > 0.5
+
+
+@pytest.mark.slow
+def test_the_teacher_logit_cache_follows_online_kd_closely(trained):
+    metrics = json.loads((trained["out"] / "teacher_logits" / "metrics.json").read_text())
+    assert metrics["images"] == 8 and metrics["fidelity"]["crops"] == 8
+    # The cached crops mostly agree with the teacher run on the (colour-jittered) crop itself.
+    assert metrics["fidelity"]["argmax_agreement"] > 0.8
+    assert metrics["fidelity"]["cached_pixel_accuracy"] > 0.6 and metrics["fidelity"]["mean_kl"] >= 0
+
+
+@pytest.mark.slow
+def test_online_kd_runs_the_teacher_on_each_batch_and_learns(trained, band_split, tmp_path):
+    shutil.copytree(trained["out"] / "teacher", tmp_path / "teacher")
+    params = shrunk_params(band_split, tmp_path, "train.kd.teacher_logits=online")
+    job = seg_train.job_from_params(params, "kd", "mnv4s_lraspp", "test")
+    assert job.teacher_logits is None
+    online = seg_train.train(job)
+    assert online["final_losses"]["kl"] > 0 and online["best_miou"] > 0.2
+
+
+@pytest.mark.slow
+def test_kd_refuses_a_stale_logit_cache(trained, band_split, tmp_path):
+    shutil.copytree(trained["out"] / "teacher_logits", tmp_path / "teacher_logits")
+    cfg = {"name": "mnv4s_lraspp", "arch": "lraspp", "backbone": "mobilenetv4_conv_small", "pretrained": False}
+    save_trained(tmp_path / "teacher", build_model(cfg, 16, (64, 64)).state_dict(),  # another teacher
+                 {"run": "teacher", "model": cfg, "num_classes": 16, "input_size": [64, 64],
+                  "label_level": "level2", "class_names": list(LEVEL_CLASS_NAMES["level2"])})
+    job = seg_train.job_from_params(shrunk_params(band_split, tmp_path), "kd", "mnv4s_lraspp", "test")
+    with pytest.raises(InputError, match="index.json.*made from other teacher weights"):
+        seg_train.train(job)
 
 
 @pytest.mark.slow
@@ -217,7 +255,8 @@ def test_kd_refuses_a_teacher_of_another_label_level(band_split, tmp_path):
     save_trained(tmp_path / "teacher", build_model(cfg, 7, (64, 64)).state_dict(),
                  {"run": "teacher", "model": cfg, "num_classes": 7, "input_size": [64, 64],
                   "label_level": "level1", "class_names": list(LEVEL_CLASS_NAMES["level1"])})
-    job = seg_train.job_from_params(shrunk_params(band_split, tmp_path), "kd", "mnv4s_lraspp", "test")
+    job = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "train.kd.teacher_logits=online"), "kd",
+                                    "mnv4s_lraspp", "test")
     with pytest.raises(InputError, match="teacher trained on level1, the student on level2"):
         seg_train.train(job)
 
@@ -254,7 +293,8 @@ def test_label_level_selects_the_split_folder_and_class_count(band_split, tmp_pa
                                     "mnv4l_deeplabv3plus", "test")
     assert job.split_dir == band_split / "IDDL3" and job.label_level == "level3"
     assert job.teacher_dir == tmp_path / "teacher" and job.run == "kd_mnv4l_deeplabv3plus"
-    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False}
+    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False, "teacher_logits": "cached"}
+    assert job.teacher_logits == tmp_path / "teacher_logits"
 
 
 def test_the_idd_full_experiment_carries_the_seed_recipe():

@@ -1,7 +1,9 @@
 """`IDDSegDataset`: image/mask pairs of `data/splits/<IDDLx>/<split>/{images,masks}` for training.
 
 As the seed (report section 5): ImageNet normalisation; training = random resized crop to the training
-size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. Masks are
+size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The crop
+and flip are drawn explicitly (`Augment.sample`) so that cached teacher logits (`teacher_cache.py`) can
+be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
 read in "automatic" mode: a mask whose values are all train ids of the level (or void) is used as is,
 otherwise it is taken as raw IDD label ids (0-39) and remapped with `labels.level_lut("id", level)`.
 The choice is per mask; a raw-id mask that happens to hold only values below the class count is
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -25,6 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from idd_edge.errors import InputError
 from idd_edge.labels import VOID, level_lut, num_classes
+
+if TYPE_CHECKING:
+    from idd_edge.seg.teacher_cache import TeacherLogits
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,36 @@ class Augment:
             brightness=float(cfg["brightness"]), contrast=float(cfg["contrast"]),
             saturation=float(cfg["saturation"]), hue=float(cfg["hue"]),
         )
+
+    def sample(self, image: torch.Tensor) -> Crop:
+        """Draw the crop box (torchvision's RandomResizedCrop sampling) and the flip for a (C, H, W) image."""
+        from torchvision.transforms import v2
+
+        top, left, height, width = v2.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        return Crop(int(top), int(left), int(height), int(width), bool(torch.rand(()) < self.hflip))
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A random resized crop: the box in source-image pixels, and whether the result is mirrored."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+    def apply(self, image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut, resize (bilinear with antialiasing for the image, nearest for the mask) and mirror."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        box = (self.top, self.left, self.height, self.width)
+        image = TF.resized_crop(image, *box, list(size), antialias=True)
+        mask = TF.resized_crop(mask[None], *box, list(size), interpolation=InterpolationMode.NEAREST)[0]
+        if self.flip:
+            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
+        return image, mask
 
 
 def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
@@ -131,7 +166,8 @@ def encode_mask(mask: np.ndarray, level: str, mode: str, path: Path) -> np.ndarr
 
 
 class IDDSegDataset(Dataset):
-    """Normalised (3, H, W) float images and (H, W) int64 train-id masks of one split.
+    """Normalised (3, H, W) float images and (H, W) int64 train-id masks of one split (and, given a
+    teacher-logit cache, the teacher's (C, H, W) float16 logits of the same crop).
 
     Args:
         split_dir: `data/splits/<IDDLx>/<split>` with `images/` and `masks/`.
@@ -139,16 +175,26 @@ class IDDSegDataset(Dataset):
         size: (H, W) output size: the training crop and the validation resize.
         augment: training augmentation, or None for validation (plain resize).
         mask_mode: `auto`, `train_id` or `id` (see module docstring).
+        teacher_logits: cached teacher logits of this split (`teacher_cache.TeacherLogits`), training only.
     """
 
     def __init__(self, split_dir: Path, level: str, size: tuple[int, int], augment: Augment | None = None,
-                 mask_mode: str = "auto"):
+                 mask_mode: str = "auto", teacher_logits: TeacherLogits | None = None):
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+        if teacher_logits is not None and augment is None:
+            raise ValueError("cached teacher logits are for the training split (with augmentation)")
         self.split_dir = Path(split_dir)
         self.pairs = find_pairs(self.split_dir)
         self.level, self.size, self.augment, self.mask_mode = level, (int(size[0]), int(size[1])), augment, mask_mode
+        self.teacher_logits = teacher_logits
+        if teacher_logits is not None:
+            teacher_logits.check_covers(self.stems)
         self.transform = build_transform(self.size, augment)
+
+    @property
+    def stems(self) -> list[str]:
+        return [image.stem for image, _mask in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -163,29 +209,34 @@ class IDDSegDataset(Dataset):
             )
         return image, encode_mask(mask, self.level, self.mask_mode, mask_path)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         from torchvision import tv_tensors
 
         image, mask = self.load(index)
-        image_t, mask_t = self.transform(
-            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask))
-        )
-        return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask))
+        if self.augment is None:
+            image_t, mask_t = self.transform(image_t, mask_t)
+            return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+        crop = self.augment.sample(image_t)
+        image_t, mask_t = crop.apply(image_t, mask_t, self.size)
+        sample = (self.transform(image_t).as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long())
+        if self.teacher_logits is None:
+            return sample
+        return (*sample, self.teacher_logits.region(self.pairs[index][0].stem, crop, image.shape[:2], self.size))
 
 
 def build_transform(size: tuple[int, int], augment: Augment | None) -> Any:
-    """torchvision v2 pipeline applied jointly to image and mask (masks: nearest, no jitter/normalise)."""
+    """torchvision v2 pipeline. Validation (`augment` None): resize image and mask jointly (masks nearest),
+    normalise the image. Training: the photometric part only, for the image after `Crop.apply` (colour
+    jitter, normalisation); the geometric part is `Augment.sample` + `Crop.apply`."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     if augment is None:
         steps: list[Any] = [v2.Resize(size, antialias=True)]
     else:
-        steps = [
-            v2.RandomResizedCrop(size, scale=augment.scale, ratio=augment.ratio, antialias=True),
-            v2.RandomHorizontalFlip(augment.hflip),
-            v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue),
-        ]
+        steps = [v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)]
     steps += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),

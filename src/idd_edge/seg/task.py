@@ -1,7 +1,7 @@
 """The Lightning module of all three training roles: teacher, baseline student, logit-KD student.
 
 One module, the role decides the loss: plain masked CE (teacher, baseline) or CE + alpha * KL against a
-frozen teacher (kd). The teacher is not a registered submodule: it stays out of checkpoints, out of DDP
+frozen teacher (kd), run on each batch or read from its cached logits (`teacher_cache.py`). The teacher is not a registered submodule: it stays out of checkpoints, out of DDP
 and in eval mode (Lightning's `model.train()` per epoch would otherwise switch its BatchNorm back), and
 runs under `torch.no_grad()` in channels_last. Validation accumulates a confusion matrix on the device
 and reduces it across processes, so val mIoU is exact under DDP (up to the sampler's padding).
@@ -87,29 +87,35 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 def compute_losses(
     model: nn.Module, images: torch.Tensor, masks: torch.Tensor, teacher: nn.Module | None = None,
-    kd: KDConfig | None = None,
+    kd: KDConfig | None = None, teacher_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """{"ce", "kl", "total"} of one batch: masked CE, plus the KD terms when a teacher is given (the
-    teacher runs in inference mode: its logits are targets, nothing flows back into it; only tensors
-    derived from them, never the inference tensors themselves, are saved for the student's backward)."""
+    """{"ce", "kl", "total"} of one batch: masked CE, plus the KD terms when KD settings are given, against
+    the cached `teacher_logits` of the batch or else the `teacher` run now (in inference mode: its logits
+    are targets, nothing flows back into it; only tensors derived from them, never the inference tensors
+    themselves, are saved for the student's backward)."""
     logits = as_logits(model(images))
-    if teacher is None:
+    if kd is None:
         ce = masked_cross_entropy(logits, masks)
         return {"ce": ce, "kl": torch.zeros_like(ce), "total": ce}
-    with torch.inference_mode():
-        teacher_logits = as_logits(teacher(images))
+    if teacher_logits is None:
+        if teacher is None:
+            raise ValueError("KD needs a teacher or the batch's cached teacher logits")
+        with torch.inference_mode():
+            teacher_logits = as_logits(teacher(images))
     return kd.loss(logits, teacher_logits, masks)
 
 
 class SegmentationTask(L.LightningModule):
-    """Trains `model` on masked CE, or on the KD loss when a `teacher` is given.
+    """Trains `model` on masked CE, or on the KD loss when `kd` settings are given: against a `teacher`
+    run on every batch (online), or, without one, against cached teacher logits that every training
+    batch carries as its third element (`teacher_cache.py`).
 
     Args:
         model: the network to train (teacher or student).
         class_names: class names of the label level (index = train id).
         optim: optimizer and schedule.
-        teacher: frozen teacher for the kd role, else None.
-        kd: distillation settings (required with a teacher).
+        teacher: frozen teacher for online KD, else None.
+        kd: distillation settings (required with a teacher; alone: KD from cached logits).
         channels_last: run model and teacher in channels_last memory format.
         on_epoch_end: called on global rank zero after each validated training epoch with the epoch's
             record (DVCLive logging).
@@ -126,8 +132,8 @@ class SegmentationTask(L.LightningModule):
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     ):
         super().__init__()
-        if (teacher is None) != (kd is None):
-            raise ValueError("the kd role needs both a teacher and KD settings")
+        if teacher is not None and kd is None:
+            raise ValueError("a teacher needs KD settings")
         self.model = model
         self.class_names = tuple(class_names)
         self.optim = optim
@@ -160,9 +166,12 @@ class SegmentationTask(L.LightningModule):
         self._train_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # ce, kl, total
         self._train_batches = 0
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, masks = batch
-        losses = compute_losses(self.model, self._prepare(images), masks, self.teacher, self.kd)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, masks, *cached = batch
+        if self.kd is not None and self.teacher is None and not cached:
+            raise ValueError("KD without a teacher needs cached teacher logits in every training batch")
+        losses = compute_losses(self.model, self._prepare(images), masks, self.teacher, self.kd,
+                                cached[0] if cached else None)
         self._stop_if_not_finite(losses)
         stacked = torch.stack([losses["ce"], losses["kl"], losses["total"]]).detach().double()
         self._train_sums += stacked
@@ -207,7 +216,7 @@ class SegmentationTask(L.LightningModule):
         record = {
             "epoch": self.current_epoch + 1,
             "train_ce": train[0],
-            "train_kl": train[1] if self.teacher is not None else None,
+            "train_kl": train[1] if self.kd is not None else None,
             "train_total": train[2],
             "val_ce": float(val_sums[0] / val_sums[1].clamp(min=1)),
             "val_miou": miou,

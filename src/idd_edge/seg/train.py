@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 ROLES = ("teacher", "baseline", "kd")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 RUN_STATE = "run.json"
+KD_KEYS = ("temperature", "alpha", "temperature_squared", "teacher_logits")
+TEACHER_LOGITS = ("cached", "online")  # KD against cached teacher logits, or the teacher run on each batch
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class TrainJob:
     augment: dict[str, Any]
     kd: dict[str, Any] | None = None
     teacher_dir: Path | None = None
+    teacher_logits: Path | None = None  # the teacher-logit cache when KD reads cached logits
     seed: int = 42
     workers: int = 0
     mask_mode: str = "auto"
@@ -120,8 +123,13 @@ class TrainJob:
         spec["split_dir"] = str(self.split_dir)
         spec["out_dir"] = str(self.out_dir)
         spec["teacher_dir"] = str(self.teacher_dir)
+        spec["teacher_logits"] = str(self.teacher_logits)
         if self.teacher_dir is not None:
             spec["teacher_weights"] = _sha256(self.teacher_dir / WEIGHTS_NAME)
+        if self.teacher_logits is not None:
+            from idd_edge.seg.teacher_cache import INDEX_NAME
+
+            spec["teacher_logits_index"] = _sha256(self.teacher_logits / INDEX_NAME)
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -182,6 +190,18 @@ def load_teacher(teacher_dir: Path, job: TrainJob) -> Any:
     return teacher
 
 
+def open_teacher_logits(job: TrainJob) -> Any:
+    """The teacher-logit cache of a KD run, checked against the current teacher and label level."""
+    from idd_edge.labels import LEVEL_CLASS_NAMES
+    from idd_edge.seg.teacher_cache import TeacherLogits
+    from idd_edge.seg.trained import WEIGHTS_NAME
+
+    cache = TeacherLogits(job.teacher_logits)
+    cache.check_matches(_sha256(job.teacher_dir / WEIGHTS_NAME), job.label_level, len(LEVEL_CLASS_NAMES[job.label_level]))
+    log.info("%s: KD from the teacher logits cached in %s", job.run, job.teacher_logits)
+    return cache
+
+
 def summarize(job: TrainJob, history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The run's `train_metrics.json`: best val mIoU (first epoch reaching it) and last-epoch losses."""
     if not history:
@@ -226,15 +246,19 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
 
     L.seed_everything(job.seed, workers=True, verbose=False)
     class_names = LEVEL_CLASS_NAMES[job.label_level]
+    teacher, kd, cached_logits = None, None, None
+    if job.role == "kd":
+        kd = KDConfig.from_params(job.kd)
+        if job.teacher_logits is not None:
+            cached_logits = open_teacher_logits(job)
+        else:
+            teacher = load_teacher(job.teacher_dir, job)
     train_set = IDDSegDataset(job.split_dir / "train", job.label_level, job.image_size,
-                              Augment.from_params(job.augment), job.mask_mode)
+                              Augment.from_params(job.augment), job.mask_mode, cached_logits)
     val_set = IDDSegDataset(job.split_dir / "val", job.label_level, job.image_size, None, job.mask_mode)
     train_loader = make_loader(train_set, job.schedule.batch_size, job.workers, train=True)
     val_loader = make_loader(val_set, job.eval_batch_size, job.workers, train=False)
 
-    teacher, kd = None, None
-    if job.role == "kd":
-        teacher, kd = load_teacher(job.teacher_dir, job), KDConfig.from_params(job.kd)
     model = build_model(job.model_cfg, len(class_names), job.image_size)
     optim = OptimConfig(lr=job.schedule.lr, weight_decay=job.schedule.weight_decay, **job.optim)
     epoch_log = EpochLog(run_dir / "dvclive", resume=resume_from is not None)
@@ -308,7 +332,10 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
             raise InputError(source, f"unknown student {student!r}; choose one of {', '.join(students)}")
         model_cfg = students[student]
     role_cfg = dict(train_cfg[role])
-    kd = {k: role_cfg.pop(k) for k in ("temperature", "alpha", "temperature_squared")} if role == "kd" else None
+    kd = {k: role_cfg.pop(k) for k in KD_KEYS} if role == "kd" else None
+    if kd is not None and kd["teacher_logits"] not in TEACHER_LOGITS:
+        raise InputError(source, f"train.kd.teacher_logits is {kd['teacher_logits']!r}; choose one of {', '.join(TEACHER_LOGITS)}")
+    cached = kd is not None and kd["teacher_logits"] == "cached"
     out_dir = Path(train_cfg["out"])
     return TrainJob(
         run=run_name(role, student),
@@ -323,6 +350,7 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
         augment=dict(train_cfg["augment"]),
         kd=kd,
         teacher_dir=out_dir / "teacher" if role == "kd" else None,
+        teacher_logits=Path(config.section(params, "train.teacher_logits.out", source)) if cached else None,
         seed=int(config.section(params, "seed", source)),
         workers=int(train_cfg["workers"]),
         mask_mode=train_cfg["mask_mode"],

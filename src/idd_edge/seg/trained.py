@@ -50,15 +50,16 @@ def read_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_trained(run_dir: str | Path, input_size: tuple[int, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained network in eval + export mode (plain tensor output) and return it with its info.
 
-    The network expects (N, 3, H, W) float input at `info["input_size"]`, normalised as
-    `info["normalization"]` says, and returns (N, num_classes, H, W) logits."""
+    The network expects (N, 3, H, W) float input at `info["input_size"]` (or `input_size`: a network
+    with fixed interpolation sizes, LR-ASPP, is rebuilt for it), normalised as `info["normalization"]`
+    says, and returns (N, num_classes, H, W) logits."""
     run_dir = Path(run_dir)
     info = read_info(run_dir)
     model_cfg = dict(info["model"], pretrained=False)  # the trained weights replace any ImageNet init
-    model = build_model(model_cfg, int(info["num_classes"]), tuple(info["input_size"]))
+    model = build_model(model_cfg, int(info["num_classes"]), tuple(input_size or info["input_size"]))
     weights = run_dir / WEIGHTS_NAME
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -1,0 +1,309 @@
+"""`idd-edge teacher-logits`: the teacher's logits of every training image, computed once for logit KD.
+
+Why: online KD runs the teacher forward on every student step, so a KD run costs epochs x images teacher
+passes on top of the student's training. With the cache the teacher sees each training image once; a KD
+step is then the student's step plus the KL term (`benchmarks/train_step.py` measures both modes).
+
+How the cache follows the augmentation: the teacher sees each whole training image resized to
+`input_size` (pick it so that the image scale matches the average training crop: with crops of 25-100 %
+of the image area resized to the training size, about half the image's linear size), and its logits are
+stored at 1/`stride` of that resolution as float16. The training dataset draws the random resized crop
+and flip for the image (`data.Augment.sample`) and cuts the same region, in image-relative coordinates,
+out of the cached logits, resampled as the image is (bilinear, antialiased; `TeacherLogits.region`)
+and mirrored alike.
+What the cache cannot follow: colour jitter (the teacher saw the plain image) and context (it saw the
+whole frame at one scale, not the crop at the crop's scale). The stage measures what that costs
+(`fidelity`): on seeded random training crops it runs the teacher on the augmented crop as online KD
+would and compares with the cached region: argmax agreement, KL at the KD temperature, and both pixel
+accuracies against the ground truth. Written to `metrics.json` (DVC metrics).
+
+Outputs (`train.teacher_logits.out`, replaced as a whole): `logits.npy` (N, C, h, w) float16, one row
+per training image in sorted-stem order (the dataset's), read memory-mapped; `index.json` (stems,
+image sizes, the teacher weights' SHA-256 it was made from, geometry); `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from idd_edge import atomic, config
+from idd_edge.errors import InputError
+from idd_edge.jsonfile import read_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from idd_edge.seg.data import Crop
+
+log = logging.getLogger(__name__)
+
+LOGITS_NAME = "logits.npy"
+INDEX_NAME = "index.json"
+METRICS_NAME = "metrics.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """`train.teacher_logits`: where the cache goes and at what geometry the teacher sees the images."""
+
+    out: Path
+    input_size: tuple[int, int]  # (H, W) the whole image is resized to for the teacher
+    stride: int  # logits stored at input_size / stride
+    batch_size: int
+    fidelity_crops: int  # random training crops on which the cache is compared with online KD
+
+    @classmethod
+    def from_params(cls, cfg: dict[str, Any]) -> CacheSettings:
+        from idd_edge.seg.models import check_input_size
+
+        settings = cls(Path(cfg["out"]), check_input_size(tuple(cfg["input_size"])), int(cfg["stride"]),
+                       int(cfg["batch_size"]), int(cfg["fidelity_crops"]))
+        if settings.stride < 1 or settings.input_size[0] % settings.stride or settings.input_size[1] % settings.stride:
+            raise ValueError(f"train.teacher_logits.stride {settings.stride} must divide input_size {settings.input_size}")
+        return settings
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return self.input_size[0] // self.stride, self.input_size[1] // self.stride
+
+
+class TeacherLogits:
+    """Read side of the cache: the teacher's logits of one crop of one training image.
+
+    The array is memory-mapped on first use in each process (DataLoader workers open their own map), so
+    the dataset pickles cheaply and the cache never has to fit in memory.
+    """
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self.index_path = self.cache_dir / INDEX_NAME
+        self.index = read_json(self.index_path, missing="teacher logit cache not found; run `idd-edge teacher-logits`")
+        for key in ("version", "stems", "image_sizes", "num_classes", "stored_size", "teacher_weights_sha256"):
+            if key not in self.index:
+                raise InputError(self.index_path, f"missing key {key!r}; re-run `idd-edge teacher-logits`")
+        if self.index["version"] != FORMAT_VERSION:
+            raise InputError(self.index_path, f"cache format {self.index['version']}, expected {FORMAT_VERSION}; "
+                                              "re-run `idd-edge teacher-logits`")
+        self.row = {stem: row for row, stem in enumerate(self.index["stems"])}
+        self.num_classes = int(self.index["num_classes"])
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}  # a worker maps the file itself
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            path = self.cache_dir / LOGITS_NAME
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(path, f"cannot read the teacher logit cache ({exc}); re-run `idd-edge teacher-logits`") from None
+            expected = (len(self.row), self.num_classes, *self.index["stored_size"])
+            if array.shape != expected or array.dtype != np.float16:
+                raise InputError(path, f"holds {array.shape} {array.dtype}, {self.index_path.name} says {expected} "
+                                       "float16; re-run `idd-edge teacher-logits`")
+            self._array = array
+        return self._array
+
+    def check_matches(self, teacher_weights_sha256: str | None, level: str, num_classes: int) -> None:
+        """Refuse a cache made from other teacher weights or for another label level (a stale cache)."""
+        if self.index["teacher_weights_sha256"] != teacher_weights_sha256:
+            raise InputError(self.index_path, "made from other teacher weights than the current teacher's; "
+                                              "re-run `idd-edge teacher-logits` (dvc repro does)")
+        if self.index.get("label_level") != level or self.num_classes != num_classes:
+            raise InputError(self.index_path, f"holds {self.num_classes} {self.index.get('label_level')} classes, "
+                                              f"the run trains {num_classes} {level} classes; re-run `idd-edge teacher-logits`")
+
+    def check_covers(self, stems: Sequence[str]) -> None:
+        missing = [stem for stem in stems if stem not in self.row]
+        if missing:
+            raise InputError(self.index_path, f"no cached logits for {len(missing)} training image(s), e.g. "
+                                              f"{missing[0]!r}; re-run `idd-edge teacher-logits`")
+
+    def region(self, stem: str, crop: Crop, image_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        """(C, H, W) float16 logits of `crop` (a box in source-image pixels) resized to `size`, mirrored when
+        the crop is: the box is mapped onto the cached grid and resampled like the image itself (bilinear,
+        antialiased when shrinking: `resample_weights`), as two small matrix products."""
+        import torch
+
+        cached_hw = tuple(self.index["image_sizes"][self.row[stem]])
+        if tuple(image_hw) != cached_hw:
+            raise InputError(self.index_path, f"{stem}: cached for a {cached_hw[1]}x{cached_hw[0]} image, the image "
+                                              f"is {image_hw[1]}x{image_hw[0]}; re-run `idd-edge teacher-logits`")
+        cached = self.array[self.row[stem]]
+        _classes, height, width = cached.shape
+        scale_y, scale_x = height / image_hw[0], width / image_hw[1]
+        rows = resample_weights(crop.top * scale_y, crop.height * scale_y, height, size[0])
+        cols = resample_weights(crop.left * scale_x, crop.width * scale_x, width, size[1])
+        # Only the cached pixels under the crop's filters are read and multiplied.
+        (top, bottom), (left, right) = _support(rows), _support(cols)
+        logits = torch.from_numpy(np.asarray(cached[:, top:bottom, left:right], dtype=np.float32))
+        cols = cols[:, left:right].flip(0) if crop.flip else cols[:, left:right]
+        return (rows[:, top:bottom] @ (logits @ cols.T)).half()
+
+
+def _support(weights: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) of the source pixels a (target, source) weight matrix reads."""
+    used = weights.sum(0).nonzero()[:, 0]
+    return int(used[0]), int(used[-1]) + 1
+
+
+def resample_weights(start: float, length: float, source: int, target: int) -> torch.Tensor:
+    """(target, source) weights that resample the span [start, start + length) of a `source`-pixel axis
+    to `target` pixels: a triangle filter at each output pixel centre, widened by the shrink factor when
+    shrinking (antialiasing), renormalised at the borders (edge pixels repeat). With the whole axis it is
+    torch's `interpolate(mode="bilinear", align_corners=False, antialias=True)` along that axis."""
+    import torch
+
+    scale = length / target
+    support = max(scale, 1.0)
+    centres = start + (torch.arange(target, dtype=torch.float64) + 0.5) * scale - 0.5
+    distance = (torch.arange(source, dtype=torch.float64)[None, :] - centres[:, None]).abs()
+    weights = (1.0 - distance / support).clamp(min=0.0)
+    empty = weights.sum(1) == 0  # a centre more than one pixel beyond the edge: the edge pixel
+    weights[empty, distance[empty].argmin(1)] = 1.0
+    return (weights / weights.sum(1, keepdim=True)).float()
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheSettings, image_size: tuple[int, int],
+                augment: dict[str, Any], temperature: float, mask_mode: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Run the teacher over every image of `train_dir`, write the cache into `settings.out`, measure its
+    fidelity against online KD on the training crops; returns the metrics."""
+    import torch
+    from tqdm import tqdm
+
+    from idd_edge.seg.data import IDDSegDataset, build_transform, find_pairs, read_image
+    from idd_edge.seg.trained import WEIGHTS_NAME, load_trained
+    from idd_edge_runtime.manifest import sha256_file
+
+    teacher, info = load_trained(teacher_dir, input_size=settings.input_size)
+    if info["label_level"] != level:
+        raise InputError(teacher_dir / "model.json", f"teacher is for {info['label_level']}, the pipeline uses {level}")
+    pairs = find_pairs(train_dir)
+    num_classes, stored = int(info["num_classes"]), settings.stored_size
+    preprocess = build_transform(settings.input_size, None)
+    staging = settings.out.with_name(f".{settings.out.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+
+    image_sizes: list[list[int]] = []
+    shape = (len(pairs), num_classes, *stored)
+    with atomic.atomic_open(staging / LOGITS_NAME, "wb") as handle, torch.inference_mode():
+        # Streamed row by row: a real-IDD cache (GBs) never has to be in memory.
+        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                      "fortran_order": False, "shape": shape})
+        for start in tqdm(range(0, len(pairs), settings.batch_size), desc="teacher logits", unit="batch"):
+            batch = []
+            for image_path, _mask in pairs[start:start + settings.batch_size]:
+                image = read_image(image_path)
+                image_sizes.append(list(image.shape[:2]))
+                batch.append(preprocess(_as_image(image)))
+            logits = teacher(torch.stack(batch))
+            logits = torch.nn.functional.interpolate(logits, size=stored, mode="area") if settings.stride > 1 else logits
+            handle.write(logits.to(torch.float16).contiguous().numpy().tobytes())
+    index = {
+        "version": FORMAT_VERSION, "teacher": str(teacher_dir), "teacher_weights_sha256": sha256_file(teacher_dir / WEIGHTS_NAME),
+        "label_level": level, "num_classes": num_classes, "class_names": info.get("class_names"),
+        "input_size": list(settings.input_size), "stride": settings.stride, "stored_size": list(stored),
+        "dtype": "float16", "stems": [image.stem for image, _mask in pairs], "image_sizes": image_sizes,
+    }
+    atomic.write_json(staging / INDEX_NAME, index)
+
+    from idd_edge.seg.data import Augment
+
+    cache = TeacherLogits(staging)
+    train_set = IDDSegDataset(train_dir, level, image_size, Augment.from_params(augment), mask_mode, cache)
+    teacher_at_crop, _ = load_trained(teacher_dir, input_size=image_size)
+    metrics = {"images": len(pairs), "input_size": list(settings.input_size), "stride": settings.stride,
+               "bytes": int((staging / LOGITS_NAME).stat().st_size),
+               "fidelity": fidelity(teacher_at_crop, train_set, settings.fidelity_crops, temperature, seed)}
+    atomic.write_json(staging / METRICS_NAME, metrics)
+    atomic.replace_dir(staging, settings.out)
+    return metrics
+
+
+def _as_image(image: np.ndarray) -> Any:
+    import torch
+    from torchvision import tv_tensors
+
+    return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+
+
+def fidelity(teacher: torch.nn.Module, train_set: Any, crops: int, temperature: float, seed: int) -> dict[str, Any]:
+    """Cached vs online teacher logits on `crops` seeded random training crops (colour jitter included):
+    argmax agreement and mean KL(online || cached) at `temperature` over labelled pixels, and the pixel
+    accuracy of either against the ground truth."""
+    import torch
+    import torch.nn.functional as F
+
+    from idd_edge.labels import VOID
+
+    if crops <= 0:
+        return {"crops": 0}
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    agree = total = online_right = cached_right = 0
+    kl_sum = 0.0
+    with torch.inference_mode():
+        for draw in range(crops):
+            image, mask, cached = train_set[draw % len(train_set)]
+            online = teacher(image[None])[0].float()
+            cached = cached.float()
+            valid = mask != VOID
+            online_label, cached_label = online.argmax(0), cached.argmax(0)
+            agree += int(((online_label == cached_label) & valid).sum())
+            online_right += int(((online_label == mask) & valid).sum())
+            cached_right += int(((cached_label == mask) & valid).sum())
+            total += int(valid.sum())
+            log_online = F.log_softmax(online / temperature, 0)
+            log_cached = F.log_softmax(cached / temperature, 0)
+            kl_sum += float(((log_online.exp() * (log_online - log_cached)).sum(0) * valid).sum())
+    torch.set_rng_state(generator_state)
+    total = max(total, 1)
+    return {"crops": crops, "pixels": total, "argmax_agreement": agree / total, "mean_kl": kl_sum / total,
+            "temperature": temperature, "online_pixel_accuracy": online_right / total,
+            "cached_pixel_accuracy": cached_right / total}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("teacher-logits", help="cache the teacher's logits of the training images for KD")
+    parser.add_argument("--params", default=str(config.PARAMS_FILE))
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    params = config.load_params(args.params)
+    train_cfg = config.section(params, "train", args.params)
+    level = config.section(params, "label_level", args.params)
+    settings = CacheSettings.from_params(config.section(params, "train.teacher_logits", args.params))
+    metrics = build_cache(
+        teacher_dir=Path(train_cfg["out"]) / "teacher",
+        train_dir=Path(config.section(params, "split.out", args.params)) / level["dir_name"] / "train",
+        level=level["name"], settings=settings, image_size=tuple(train_cfg["image_size"]),
+        augment=dict(train_cfg["augment"]), temperature=float(train_cfg["kd"]["temperature"]),
+        mask_mode=train_cfg["mask_mode"], seed=int(config.section(params, "seed", args.params)),
+    )
+    quality = metrics["fidelity"]
+    if quality.get("crops"):
+        log.info("teacher logits of %d images cached (%.1f MB); vs online KD on %d crops: argmax agreement %.1f%%, "
+                 "KL %.4f, pixel accuracy cached %.1f%% / online %.1f%%", metrics["images"], metrics["bytes"] / 1e6,
+                 quality["crops"], 100 * quality["argmax_agreement"], quality["mean_kl"],
+                 100 * quality["cached_pixel_accuracy"], 100 * quality["online_pixel_accuracy"])
+    return 0
