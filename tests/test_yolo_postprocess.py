@@ -212,3 +212,31 @@ def test_runtime_package_never_imports_torch():
         "bad = [m for m in ('torch', 'ultralytics', 'idd_edge') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_multi_label_candidates_match_ultralytics_validation_nms(tmp_path_factory):
+    """`multi_label` (mAP evaluation): every class above the threshold is a candidate of its anchor, as in
+    Ultralytics' validator; the detections are its NMS output, less those whose mask is empty."""
+    import onnxruntime as ort
+
+    from idd_edge.yolo.offline import import_ultralytics
+    from tests.yolo_fixtures import exported_scoring_model
+
+    import_ultralytics()
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    _, onnx_dir = exported_scoring_model(tmp_path_factory.getbasetemp() / "yolo_models")
+    session = ort.InferenceSession(str(onnx_dir / "yolov8n_seg.onnx"), providers=["CPUExecutionProvider"])
+    canvas, geometry = letterbox(street_image(EXPORT_IMGSZ, EXPORT_IMGSZ), EXPORT_IMGSZ)  # no resize, no padding
+    tensor = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    output0, output1 = session.run(["output0", "output1"], {"images": tensor})
+    config = yp.PostprocessConfig(num_classes=NUM_CLASSES, conf_threshold=0.001, iou_threshold=0.7, multi_label=True)
+    ours = yp.decode_onnx(output0, output1, geometry, config)
+    single = yp.decode_onnx(output0, output1, geometry, yp.PostprocessConfig(NUM_CLASSES, 0.001, 0.7))
+    theirs = non_max_suppression(torch.from_numpy(output0), 0.001, 0.7, nc=NUM_CLASSES, multi_label=True, max_det=300)[0]
+    theirs = {(int(c), round(float(s), 5)) for c, s in zip(theirs[:, 5], theirs[:, 4])}
+    ours_pairs = {(int(c), round(float(s), 5)) for c, s in zip(ours.class_ids, ours.scores)}
+    assert ours_pairs <= theirs and len(ours_pairs) >= 0.9 * len(theirs)
+    single_pairs = {(int(c), round(float(s), 5)) for c, s in zip(single.class_ids, single.scores)}
+    assert ours_pairs - single_pairs  # second-best classes of some anchors made it through NMS

@@ -35,13 +35,19 @@ STRIDES = (8, 16, 32)
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Thresholds of the host post-processing (seed runtime: conf 0.5, NMS IoU 0.5)."""
+    """Thresholds of the host post-processing (seed runtime: conf 0.5, NMS IoU 0.5).
+
+    `multi_label`: every class above the threshold makes a candidate of its anchor, as in Ultralytics'
+    validator (mAP evaluation); off, each anchor offers its best class only, as its predictor and the
+    device do.
+    """
 
     num_classes: int
     conf_threshold: float = 0.5
     iou_threshold: float = 0.5
     mask_threshold: float = 0.5
     max_det: int = 300
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -124,15 +130,13 @@ def decode_onnx(
         )
     if protos_chw.shape[0] != MASK_DIM:
         raise ValueError(f"prototypes have {protos_chw.shape[0]} channels, expected {MASK_DIM}")
-    scores_all = pred[4 : 4 + nc]
-    best = scores_all.max(axis=0)
-    keep = np.flatnonzero(best > config.conf_threshold)
+    keep, class_ids, scores = _confident(pred[4 : 4 + nc].T, config)
     xywh = pred[:4, keep].T.astype(np.float32)
     boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
     candidates = _Candidates(
         boxes=boxes,
-        scores=best[keep].astype(np.float32),
-        class_ids=scores_all[:, keep].argmax(axis=0),
+        scores=scores.astype(np.float32),
+        class_ids=class_ids,
         coefficients=pred[4 + nc :, keep].T.astype(np.float32),
     )
     return _finish(candidates, _Protos(protos_chw, channels_last=False), geometry, config)
@@ -154,9 +158,7 @@ def decode_hailo(
     for stride in STRIDES:
         box_logits, class_scores, coefficients = layout[stride]
         height, width = class_scores.shape[:2]
-        scores_flat = class_scores.reshape(height * width, -1)
-        best = scores_flat.max(axis=1)
-        keep = np.flatnonzero(best > config.conf_threshold)
+        keep, class_ids, scores = _confident(class_scores.reshape(height * width, -1), config)
         rows, cols = np.divmod(keep, width)
         distances = _dfl_expectation(box_logits.reshape(height * width, 4, REG_MAX)[keep])
         anchor_x, anchor_y = cols + 0.5, rows + 0.5
@@ -166,8 +168,8 @@ def decode_hailo(
         parts.append(
             _Candidates(
                 boxes=boxes.astype(np.float32),
-                scores=best[keep].astype(np.float32),
-                class_ids=scores_flat[keep].argmax(axis=1),
+                scores=scores.astype(np.float32),
+                class_ids=class_ids,
                 coefficients=coefficients.reshape(height * width, MASK_DIM)[keep].astype(np.float32),
             )
         )
@@ -175,6 +177,18 @@ def decode_hailo(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in ("boxes", "scores", "class_ids", "coefficients"))
     )
     return _finish(candidates, _Protos(layout["protos"], channels_last=True), geometry, config)
+
+
+def _confident(scores: np.ndarray, config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(anchor indices, class ids, scores) of the candidates among (anchors, classes) `scores`: each
+    anchor's best class above the threshold, or with `multi_label` every class above it (anchor-major
+    order, as Ultralytics' `torch.where`)."""
+    if config.multi_label:
+        anchors, class_ids = np.nonzero(scores > config.conf_threshold)
+        return anchors, class_ids, scores[anchors, class_ids]
+    best = scores.max(axis=1)
+    anchors = np.flatnonzero(best > config.conf_threshold)
+    return anchors, scores[anchors].argmax(axis=1), best[anchors]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
