@@ -76,6 +76,31 @@ def test_model_verdict_uses_gated_formats_only():
         GateThresholds(formats=("tflite",))
 
 
+def test_a_format_with_its_own_baseline_is_held_to_it(tmp_path):
+    """A YOLO Hailo emulation, scored by the host scorer, is compared with ONNX fp32 by that same scorer,
+    not with PyTorch fp32 by Ultralytics' validator (which scores masks coarser; see gate.py)."""
+    def mask_scores(value, per_class, scorer):
+        return {"metric": "mask_map50_95", "value": value, "per_class": per_class, "present": list(per_class),
+                "images": 4, "scorer": scorer}
+
+    reference = mask_scores(0.30, {"car": 0.30, "bus": 0.30}, "validator")
+    baseline = {"format": "onnx_fp32", **mask_scores(0.60, {"car": 0.70, "bus": 0.50}, "host")}
+    close = mask_scores(0.595, {"car": 0.69, "bus": 0.50}, "host")
+    evaluations = {"pytorch_fp32": reference, "onnx_fp32": reference, "hailo_emulation": close}
+    passed = gate_model("yolo", evaluations, GateThresholds(), baselines={"hailo_emulation": baseline})
+    entry = passed["formats"]["hailo_emulation"]
+    assert passed["passed"] and entry["drop_points"] == pytest.approx(0.5)  # not "+29.5 vs PyTorch"
+    assert entry["baseline"]["value"] == 0.60 and entry["baseline"]["format"] == "onnx_fp32" and entry["scorer"] == "host"
+    assert "baseline" not in passed["formats"]["onnx_fp32"]
+
+    evaluations["hailo_emulation"] = mask_scores(0.55, {"car": 0.60, "bus": 0.50}, "host")
+    failed = gate_model("yolo", evaluations, GateThresholds(), baselines={"hailo_emulation": baseline})
+    assert failed["failed_formats"] == ["hailo_emulation"] and "car -10.0" in failed["messages"][0]
+    write_gate_outputs([failed], GateThresholds(), tmp_path / "q.md", tmp_path / "q.json", None)
+    report = (tmp_path / "q.md").read_text()
+    assert "55.00 (-5.00†) ✗" in report and "ONNX fp32 scored by the same scorer (60.00; host)" in report
+
+
 def test_reports_metrics_and_plots(tmp_path):
     bad = _scores(0.50, {"road": 0.90, "car": 0.20, "sky": 0.40})
     results = [gate_model("student", {"pytorch_fp32": REFERENCE, "onnx_fp32": REFERENCE, "onnx_int8": bad}, GateThresholds())]
