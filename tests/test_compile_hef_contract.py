@@ -3,8 +3,11 @@
 The real DFC is proprietary (not on PyPI), so this is the one place a fake is allowed. The stand-in
 checks nothing itself; it records the calls, and the test asserts the exact sequence, node names,
 model-script text and calibration array the real `ClientRunner` would receive. Its emulator runs the
-ONNX model with ONNX Runtime after applying the model script's normalization to the raw input, so the
-emulation score equals the fp32 ONNX score exactly when the script's normalization is the model's.
+ONNX model with ONNX Runtime up to the parse's end nodes after applying the model script's
+normalization to the raw input, and returns NHWC tensors as the DFC does (a list when there are
+several; the YOLO head's class convs sigmoided when the script says `change_output_activation`). So
+the emulation score equals the fp32 ONNX score exactly when the script's normalization is the model's,
+and for YOLOv8n-seg when the host scorer decodes the ten split tensors as it decodes the ONNX outputs.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from idd_edge.errors import StageError
 from idd_edge.export import compile_hef, evaluate
 from idd_edge.export.compile_hef import HailoSettings, ModelTarget, compile_all, model_script, parse_compile_log
 from idd_edge.export.onnx_export import export_model
-from idd_edge.export.onnx_io import onnx_session, run_single
+from idd_edge.export.onnx_io import onnx_session
 from idd_edge.export.preprocessing import resize_rgb
 from idd_edge.labels import LEVEL_CLASS_NAMES
 from tests.export_support import TinySegNet, make_split
+from tests.yolo_fixtures import CLASS_CONV, end_node_outputs
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 LEVEL = "level1"
@@ -51,7 +55,7 @@ def make_standin_sdk(calls: list) -> types.ModuleType:
         def translate_onnx_model(self, model, net_name, start_node_names=None, end_node_names=None, net_input_shapes=None):
             calls.append(("translate_onnx_model", {"model": model, "net_name": net_name, "start_node_names": start_node_names,
                                                    "end_node_names": end_node_names, "net_input_shapes": net_input_shapes}))
-            self.onnx_path = model
+            self.onnx_path, self.end_nodes = model, list(end_node_names)
             return "hn", "npz"
 
         def save_har(self, path):
@@ -72,10 +76,15 @@ def make_standin_sdk(calls: list) -> types.ModuleType:
             yield context
 
         def infer(self, context, data):
-            calls.append(("infer", {"context": context, "shape": data.shape, "dtype": str(data.dtype)}))
+            calls.append(("infer", {"context": context, "shape": data.shape, "dtype": str(data.dtype), "data": data.copy()}))
             mean, std = (np.array(json.loads(v)) for v in re.search(r"normalization\((\[.*?\]), (\[.*?\])\)", self.script).groups())
             normalized = ((data - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
-            return run_single(onnx_session(self.onnx_path), normalized).transpose(0, 2, 3, 1)  # NHWC like the DFC
+            outputs = end_node_outputs(self.onnx_path, self.end_nodes, normalized)
+            # The script's change_output_activation layers are the YOLO head's class convs (conv45/61/74).
+            sigmoid = "change_output_activation(" in self.script
+            nhwc = [(1.0 / (1.0 + np.exp(-out)) if sigmoid and CLASS_CONV.search(node) else out).transpose(0, 2, 3, 1)
+                    for node, out in zip(self.end_nodes, outputs)]
+            return nhwc[0] if len(nhwc) == 1 else nhwc
 
         def compile(self):
             calls.append(("compile", {}))
@@ -224,3 +233,132 @@ def test_settings_are_validated():
         HailoSettings(hw_arch="hailo10h")
     with pytest.raises(Exception, match="optimization_level"):
         HailoSettings(optimization_level=7)
+
+
+# ------------------------------------------------------------------------------- YOLOv8n-seg through the CLI
+
+YOLO_NAME = "yolov8n_seg"
+CLASS_LAYERS = ["conv45", "conv61", "conv74"]
+#: Square frames of several sizes (the letterbox resizes) and one tall frame (the letterbox pads).
+YOLO_FRAMES = [(128, 128), (128, 128), (96, 96), (160, 160), (160, 90)]
+
+
+@pytest.fixture(scope="module")
+def yolo_stages(tmp_path_factory):
+    """The YOLO model's deployment inputs as the pipeline lays them out: export record, letterbox
+    calibration array, bridge dataset (pseudo-labelled, see tests/test_evaluate_yolo.py), trained weights."""
+    import shutil
+
+    from idd_edge.export.onnx_export import adopt_yolo_export
+    from idd_edge.export.preprocessing import letterbox_rgb
+    from tests.yolo_fixtures import EXPORT_IMGSZ, exported_scoring_model, pseudo_labelled_split, street_image
+
+    checkpoint, export_dir = exported_scoring_model(tmp_path_factory.getbasetemp() / "yolo_models")
+    root = tmp_path_factory.mktemp("yolo_contract")
+    adopt_yolo_export(export_dir, root / "export" / YOLO_NAME, YOLO_NAME, "warn", {})
+    data_yaml = pseudo_labelled_split(root / "bridge", root / "export" / YOLO_NAME / "model.onnx", YOLO_FRAMES)
+    calibration = np.stack([letterbox_rgb(street_image(54, 96, seed=50 + i), (EXPORT_IMGSZ, EXPORT_IMGSZ)) for i in range(3)])
+    (root / "calib").mkdir()
+    np.save(root / "calib" / f"letterbox_{EXPORT_IMGSZ}x{EXPORT_IMGSZ}.npy", calibration)
+    (root / "train" / "train" / "weights").mkdir(parents=True)
+    shutil.copyfile(checkpoint, root / "train" / "train" / "weights" / "best.pt")
+    return root, data_yaml, calibration
+
+
+def _yolo_params(root, hailo: str):
+    from idd_edge import config
+
+    params = config.compose([
+        f"export.out={root / 'export'}", f"calibrate.out={root / 'calib'}", f"compile.out={root / hailo}",
+        f"compile.hailo.class_output_layers={CLASS_LAYERS}".replace("hailo.class", "yolo.class"),
+        f"yolo.bridge.out={root / 'bridge'}", f"yolo.train.out={root / 'train'}", f"quantize.out={root / 'quantize'}",
+        f"gate.report={root / hailo / 'quantization.md'}", f"gate.metrics={root / hailo / 'quantization.json'}",
+        f"gate.plots={root / hailo / 'plots'}",
+    ])
+    path = root / f"params_{hailo}.yaml"
+    config.write_params(params, path)
+    return path
+
+
+def _run_compile_and_gate(root, hailo: str, sdk) -> tuple[dict, dict]:
+    from idd_edge import cli
+
+    params = _yolo_params(root, hailo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "hailo_sdk_client", sdk)
+        assert cli.main(["compile-hef", "--params", str(params)]) == 0
+    assert cli.main(["gate", "--params", str(params)]) == 0
+    record = json.loads((root / hailo / YOLO_NAME / "compile.json").read_text())
+    return record, json.loads((root / hailo / "quantization.json").read_text())["models"][YOLO_NAME]
+
+
+@pytest.mark.slow
+def test_contract_yolo_emulation_is_scored_and_gated(yolo_stages):
+    from idd_edge.export import evaluate_yolo
+    from idd_edge.export.preprocessing import letterbox_rgb
+    from tests.yolo_fixtures import EXPORT_IMGSZ
+
+    root, data_yaml, calibration = yolo_stages
+    calls: list = []
+    record, gate = _run_compile_and_gate(root, "hailo", make_standin_sdk(calls))
+
+    args = dict((name, kwargs) for name, kwargs in calls if name not in ("save_har", "infer"))
+    export = json.loads((root / "export" / YOLO_NAME / "export.json").read_text())
+    assert args["translate_onnx_model"]["end_node_names"] == export["hailo"]["end_nodes"]
+    assert len(export["hailo"]["end_nodes"]) == 10
+    script = args["load_model_script"]["script"]
+    assert script.startswith("normalization1 = normalization([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])\n")
+    assert [f"change_output_activation({layer}, sigmoid)" for layer in CLASS_LAYERS] == script.splitlines()[1:4]
+    np.testing.assert_array_equal(args["optimize"]["calib_data"], calibration)
+    # The emulator sees each validation frame once: NHWC float32 raw 0-255, letterboxed to the HEF input.
+    split = evaluate_yolo.load_val_split(data_yaml)
+    fed = [kwargs["data"] for name, kwargs in calls if name == "infer"]
+    assert len(fed) == len(YOLO_FRAMES) == len(split.images)
+    for index, batch in enumerate(fed):
+        assert batch.shape == (1, EXPORT_IMGSZ, EXPORT_IMGSZ, 3) and batch.dtype == np.float32
+        np.testing.assert_array_equal(batch[0], letterbox_rgb(split.load(index)[0], (EXPORT_IMGSZ, EXPORT_IMGSZ)))
+    assert any((batch == 114).all(axis=-1).any() for batch in fed)  # the tall frame's grey padding
+
+    # Recorded: real scores of the emulator's split tensors, and the same scorer on ONNX fp32 (its baseline).
+    emulation = record["emulation"]
+    fp32 = evaluate_yolo.evaluate_yolo(evaluate_yolo.onnx_predictor(onnx_session(root / "export" / YOLO_NAME / "model.onnx")),
+                                       split, (EXPORT_IMGSZ, EXPORT_IMGSZ), "onnx")
+    assert emulation["metric"] == "mask_map50_95" and emulation["images"] == len(YOLO_FRAMES)
+    assert emulation["value"] == pytest.approx(fp32["value"], abs=1e-6) and emulation["value"] > 0.3
+    assert emulation["baseline"] == {"format": "onnx_fp32", **json.loads(json.dumps(fp32))}
+    # The gate holds the emulation to that baseline and passes it; ONNX fp32 stays on the validator.
+    result = gate["formats"]["hailo_emulation"]
+    assert result["gated"] and result["passed"] and result["drop_points"] == pytest.approx(0.0, abs=1e-4)
+    assert result["baseline"]["value"] == pytest.approx(fp32["value"]) and result["scorer"] == evaluate_yolo.SCORER
+    # ONNX fp32 stays on Ultralytics' validator against PyTorch fp32, on the same square inputs (rect=False).
+    assert "baseline" not in gate["formats"]["onnx_fp32"]
+    assert gate["formats"]["onnx_fp32"]["drop_points"] == pytest.approx(0.0, abs=0.5) and gate["reference"]["value"] > 0.2
+    assert "hailo_emulation" not in gate["not_evaluated"] and "onnx_int8" in gate["not_evaluated"]
+    assert gate["passed"]
+    report = (root / "hailo" / "quantization.md").read_text()
+    assert "†" in report and "scored by the same scorer" in report
+
+
+@pytest.mark.slow
+def test_contract_a_degraded_yolo_emulation_fails_the_gate(yolo_stages):
+    """An emulator whose outputs collapse to 16 levels (what a bad INT8 calibration does to a head):
+    its mask mAP falls below the ONNX fp32 baseline by more than the gate allows."""
+    root, _data_yaml, _calibration = yolo_stages
+    sdk = make_standin_sdk([])
+    faithful = sdk.ClientRunner.infer
+
+    def collapsed(self, context, data):
+        outputs = []
+        for out in faithful(self, context, data):
+            low, high = float(out.min()), float(out.max())
+            step = (high - low) / 15 or 1.0
+            outputs.append((low + np.round((out - low) / step) * step).astype(np.float32))
+        return outputs
+
+    sdk.ClientRunner.infer = collapsed
+    record, gate = _run_compile_and_gate(root, "hailo_degraded", sdk)
+    result = gate["formats"]["hailo_emulation"]
+    assert record["emulation"]["value"] < record["emulation"]["baseline"]["value"]
+    assert not result["passed"] and result["drop_points"] > 1.0 and result["regressed_classes"]
+    assert not gate["passed"] and gate["failed_formats"] == ["hailo_emulation"]
+    assert any("Hailo emulation" in message and "classes regressed" in message for message in gate["messages"])

@@ -4,6 +4,9 @@ Per model: `ClientRunner(hw_arch)` -> `translate_onnx_model` (start/end nodes fr
 YOLOv8n-seg the head convs and the prototype output, as in Hailo's Model Zoo) -> model script generated
 from the config (normalization, YOLO class sigmoids, optimization/compression level, calibset size) ->
 `optimize(calibration)` -> integer emulation (`SDK_QUANTIZED`) scored on validation -> `compile()`.
+Emulation scores: semantic models, mIoU with the gate's evaluator; YOLOv8n-seg, mask mAP of the
+emulator's ten head tensors by the host scorer (`evaluate_yolo`, the device's decoder), recorded with
+the exported ONNX fp32 scored by that same scorer on the same images (the gate's baseline for it).
 Kept per model: parsed/optimized/compiled HAR, the model script, the compile log, the HEF, and
 `compile.json` (DFC version, hw_arch, HEF size, FPS estimate when the compiler reports one, emulation
 scores, the optimization level the DFC actually applied).
@@ -315,6 +318,7 @@ def _run(args: argparse.Namespace) -> int:
     val_dir = Path(config.section(params, "split.out", args.params)) / level["dir_name"] / "val"
     exports = preprocessing.load_exports(Path(config.section(params, "export.out", args.params)))
     calib_dir = Path(config.section(params, "calibrate.out", args.params))
+    data_yaml = Path(config.section(params, "yolo.bridge.out", args.params)) / "data.yaml"
     targets, evaluators = [], {}
     for record in exports:
         sigmoid_layers = cfg["yolo"]["class_output_layers"] if record["role"] == "instance" else ()
@@ -322,6 +326,8 @@ def _run(args: argparse.Namespace) -> int:
         targets.append((target, load_calibration(calib_dir / f"{preprocessing.calibration_key(record)}.npy", target.input_hw)))
         if record["role"] == "semantic":
             evaluators[target.name] = semantic_emulation_scorer(record, val_dir, level["name"], settings.emulation_images)
+        else:
+            evaluators[target.name] = yolo_emulation_scorer(record, data_yaml, settings.emulation_images)
     status = compile_all(targets, Path(cfg["out"]), settings, evaluators)
     built = [name for name, model in status["models"].items() if model["built"]]
     log.info("HEF built for %d of %d models%s", len(built), len(status["models"]),
@@ -339,5 +345,28 @@ def semantic_emulation_scorer(record: Mapping[str, Any], val_dir: Path, level: s
         return evaluate.evaluate_semantic(lambda batch: evaluate.nhwc_labels(infer(batch)), dataset,
                                           preprocessing.preprocess_fn(record), LEVEL_CLASS_NAMES[level], max_images,
                                           f"{record['name']} emulation")
+
+    return score
+
+
+def yolo_emulation_scorer(record: Mapping[str, Any], data_yaml: Path, max_images: int | None):
+    """`evaluate(infer)` for `compile_model`: mask mAP of the emulator's ten head tensors (Hailo layout)
+    on the YOLO bridge's validation split, and under `baseline` the exported ONNX fp32 scored by the same
+    host scorer on the same images, the reference the gate holds the emulation to (see gate.py)."""
+    from idd_edge.export import evaluate_yolo
+    from idd_edge.export.onnx_io import onnx_session
+    from idd_edge.export.preprocessing import input_hw
+
+    def score(infer: Callable[[np.ndarray], Any]) -> dict[str, Any]:
+        split = evaluate_yolo.load_val_split(data_yaml)
+        names = [split.names[i] for i in range(len(split.names))]
+        if names != list(record["class_names"]):
+            raise InputError(data_yaml, f"classes {names} differ from {record['name']}'s {list(record['class_names'])}; "
+                                        "re-run the YOLO stages")
+        size_hw = input_hw(record)
+        emulation = evaluate_yolo.evaluate_yolo(infer, split, size_hw, "hailo", max_images, f"{record['name']} emulation")
+        fp32 = evaluate_yolo.onnx_predictor(onnx_session(record["path"]))
+        baseline = evaluate_yolo.evaluate_yolo(fp32, split, size_hw, "onnx", max_images, f"{record['name']} ONNX fp32")
+        return {**emulation, "baseline": {"format": "onnx_fp32", **baseline}}
 
     return score
