@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from idd_edge import atomic, config
+from idd_edge.seg.data import collate
 from idd_edge.seg.kd import KDConfig
 from idd_edge.seg.models import build_model
 from idd_edge.seg.task import compute_losses
@@ -112,8 +113,7 @@ def loader(dataset, batch: int):
     rng = np.random.default_rng(1)
 
     def load() -> list[torch.Tensor]:
-        samples = [dataset[int(i)] for i in rng.integers(0, len(dataset), batch)]
-        return [torch.stack(column) for column in zip(*samples)]
+        return collate([dataset[int(i)] for i in rng.integers(0, len(dataset), batch)])
 
     return load
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from idd_edge import cli, config
 from idd_edge.errors import InputError
 from idd_edge.labels import LEVEL_CLASS_NAMES
-from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, read_image
+from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, collate, read_image
 from idd_edge.seg.models import build_model
 from idd_edge.seg.teacher_cache import (
     FORMAT_VERSION, INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits, resample_weights,
@@ -89,6 +89,9 @@ def test_the_training_dataset_yields_the_cached_logits_of_its_own_crop(tmp_path)
         rgb = image * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor([0.485, 0.456, 0.406])[:, None, None]
         assert logits.dtype == torch.float16 and logits.shape == (3, 64, 64)
         assert (logits.float() - rgb).abs().mean() < 0.01
+    batch = collate([dataset[0], dataset[1]])
+    assert [tuple(t.shape) for t in batch] == [(2, 3, 64, 64), (2, 64, 64), (2, 3, 64, 64)]
+    assert batch[2].is_contiguous(memory_format=torch.channels_last)  # what the KD loss reads without a copy
 
 
 def test_a_foreign_or_stale_cache_is_refused_naming_its_index(tmp_path):

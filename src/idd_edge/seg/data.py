@@ -256,5 +256,16 @@ def make_loader(dataset: IDDSegDataset, batch_size: int, workers: int, train: bo
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate,
     )
+
+
+def collate(samples: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """Stack (image, mask[, teacher logits]) samples; teacher logits stay channels-last (the layout the
+    KD loss reads without a copy; torch's default collate would make them contiguous)."""
+    images, masks, *teacher = zip(*samples)
+    batch = [torch.stack(images), torch.stack(masks)]
+    if teacher:
+        batch.append(torch.stack([logits.permute(1, 2, 0) for logits in teacher[0]]).permute(0, 3, 1, 2))
+    return batch
 

@@ -147,9 +147,12 @@ class TeacherLogits:
         cols = resample_weights(crop.left * scale_x, crop.width * scale_x, width, size[1])
         # Only the cached pixels under the crop's filters are read and multiplied.
         (top, bottom), (left, right) = _support(rows), _support(cols)
-        logits = torch.from_numpy(np.asarray(cached[:, top:bottom, left:right], dtype=np.float32))
+        # (rows, cols, classes) order: the region is returned as a channels-last view, which is the layout
+        # the KD loss reads without copying (`collate` keeps it for the batch).
+        logits = torch.from_numpy(np.asarray(cached[:, top:bottom, left:right], dtype=np.float32)).permute(1, 2, 0)
         cols = cols[:, left:right].flip(0) if crop.flip else cols[:, left:right]
-        return (rows[:, top:bottom] @ (logits @ cols.T)).half()
+        region = cols @ (rows[:, top:bottom] @ logits.reshape(bottom - top, -1)).reshape(size[0], right - left, -1)
+        return region.half().permute(2, 0, 1)
 
 
 def _support(weights: torch.Tensor) -> tuple[int, int]:
