@@ -24,7 +24,6 @@ student cannot meet it; the cache removes that cost (what the cache approximates
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -87,7 +86,7 @@ def training_data(params: dict, root: Path, size: tuple[int, int]):
     """The training dataset over `root` (random frames of the synthetic size) without and with a real
     teacher-logit cache of the configured geometry (random logits)."""
     from idd_edge.seg.data import Augment, IDDSegDataset
-    from idd_edge.seg.teacher_cache import FORMAT_VERSION, INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits
+    from idd_edge.seg.teacher_cache import LOGITS_NAME, CacheSettings, TeacherLogits, write_index
 
     level, classes, frames = params["label_level"]["name"], params["label_level"]["num_classes"], 16
     height, width = int(params["synth"]["height"]), int(params["synth"]["width"])
@@ -99,9 +98,8 @@ def training_data(params: dict, root: Path, size: tuple[int, int]):
     settings = CacheSettings.from_params(dict(params["train"]["teacher_logits"], out=str(root / "cache")))
     settings.out.mkdir()
     np.save(settings.out / LOGITS_NAME, rng.normal(0, 3, (frames, classes, *settings.stored_size)).astype(np.float16))
-    (settings.out / INDEX_NAME).write_text(json.dumps({
-        "version": FORMAT_VERSION, "stems": stems, "image_sizes": [[height, width]] * frames, "num_classes": classes,
-        "stored_size": list(settings.stored_size), "teacher_weights_sha256": None, "label_level": level}))
+    write_index(settings.out, stems=stems, image_sizes=[(height, width)] * frames, num_classes=classes,
+                stored_size=settings.stored_size, label_level=level, teacher_weights_sha256=None)
     augment = Augment.from_params(params["train"]["augment"])
     plain = IDDSegDataset(root / "train", level, size, augment)
     cached = IDDSegDataset(root / "train", level, size, augment, teacher_logits=TeacherLogits(settings.out))

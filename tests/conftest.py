@@ -23,3 +23,14 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the CPU is shared; tiny inputs do not need more), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

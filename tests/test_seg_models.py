@@ -28,14 +28,7 @@ def model_configs() -> dict[str, dict]:
     return {name: dict(cfg, pretrained=False) for name, cfg in models.items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; tiny inputs do not need more
-    yield
-    torch.set_num_threads(threads)
-
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL_MODELS = ("convnext_atto_upernet", "mnv4s_lraspp", "mnv4s_deeplabv3plus", "mnv4l_deeplabv3plus")
 STUDENTS = ("mnv4s_lraspp", "mnv4s_deeplabv3plus", "mnv4l_deeplabv3plus")
 

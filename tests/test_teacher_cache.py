@@ -13,32 +13,23 @@ import torch.nn.functional as F
 from idd_edge import cli, config
 from idd_edge.errors import InputError
 from idd_edge.labels import LEVEL_CLASS_NAMES
-from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, collate, read_image
+from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, collate, image_tensor, read_image
 from idd_edge.seg.models import build_model
 from idd_edge.seg.teacher_cache import (
-    FORMAT_VERSION, INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits, resample_weights,
+    INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits, resample_weights, write_index,
 )
 from idd_edge.seg.trained import load_trained, save_trained
 from tests.test_seg_data import make_band_split
 
 IMAGE_HW = (90, 160)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_cache(directory: Path, logits: np.ndarray, stems: list[str], image_hw=IMAGE_HW, **index) -> TeacherLogits:
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / LOGITS_NAME, logits.astype(np.float16))
-    (directory / INDEX_NAME).write_text(json.dumps({
-        "version": FORMAT_VERSION, "stems": stems, "image_sizes": [list(image_hw)] * len(stems),
-        "num_classes": logits.shape[1], "stored_size": list(logits.shape[2:]), "teacher_weights_sha256": "abc",
-        "label_level": "level2", **index}))
+    write_index(directory, stems=stems, image_sizes=[image_hw] * len(stems), num_classes=logits.shape[1],
+                stored_size=logits.shape[2:], label_level="level2", teacher_weights_sha256="abc", **index)
     return TeacherLogits(directory)
 
 
@@ -136,10 +127,8 @@ def test_the_stage_caches_the_teachers_logits_of_every_training_image(tmp_path):
     # Row 3 is the teacher's output for image 3 resized to 64x96, at half resolution.
     teacher, _info = load_trained(tmp_path / "seg" / "teacher", input_size=(64, 96))
     image = read_image(split_root / "IDDL2" / "train" / "images" / f"{stems[3]}.png")
-    from torchvision import tv_tensors
-
     with torch.no_grad():
-        expected = teacher(build_transform((64, 96), None)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)))[None])
+        expected = teacher(build_transform((64, 96), None)(image_tensor(image))[None])
     expected = F.interpolate(expected, size=(32, 48), mode="area")[0]
     assert np.abs(cache.array[3].astype(np.float32) - expected.numpy()).max() < 0.01 * float(expected.abs().max()) + 1e-3
     metrics = json.loads((tmp_path / "cache" / "metrics.json").read_text())

@@ -23,6 +23,7 @@ from idd_edge.seg.models import build_model
 from idd_edge.seg.trained import load_trained, save_trained
 from tests.test_seg_data import make_band_split
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TRAIN_METRICS_KEYS = {"run", "role", "model", "label_level", "best_miou", "best_epoch", "epochs", "final_losses"}
 
 
@@ -38,14 +39,6 @@ def shrunk_params(split_root: Path, out: Path, *overrides: str) -> dict:
         "train.teacher_logits.fidelity_crops=8",
         *overrides,
     ])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -213,8 +213,7 @@ class IDDSegDataset(Dataset):
         from torchvision import tv_tensors
 
         image, mask = self.load(index)
-        image_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask))
+        image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         if self.augment is None:
             image_t, mask_t = self.transform(image_t, mask_t)
             return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
@@ -224,6 +223,13 @@ class IDDSegDataset(Dataset):
         if self.teacher_logits is None:
             return sample
         return (*sample, self.teacher_logits.region(self.pairs[index][0].stem, crop, image.shape[:2], self.size))
+
+
+def image_tensor(image: np.ndarray) -> Any:
+    """A (H, W, 3) uint8 RGB array as the (3, H, W) torchvision image `build_transform` expects (no copy)."""
+    from torchvision import tv_tensors
+
+    return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
 
 
 def build_transform(size: tuple[int, int], augment: Augment | None) -> Any:

@@ -181,6 +181,17 @@ def resample_weights(start: float, length: float, source: int, target: int) -> t
 # ---------------------------------------------------------------------------------------------- build
 
 
+def write_index(cache_dir: Path, *, stems: Sequence[str], image_sizes: Sequence[Sequence[int]], num_classes: int,
+                stored_size: Sequence[int], label_level: str, teacher_weights_sha256: str | None, **details: Any) -> None:
+    """Write the `index.json` that describes `logits.npy` (one row per stem, float16 (C, *stored_size));
+    `details` (where the logits came from, geometry) are recorded as well."""
+    atomic.write_json(Path(cache_dir) / INDEX_NAME, {
+        "version": FORMAT_VERSION, "stems": list(stems), "image_sizes": [list(size) for size in image_sizes],
+        "num_classes": int(num_classes), "stored_size": list(stored_size), "dtype": "float16",
+        "label_level": label_level, "teacher_weights_sha256": teacher_weights_sha256, **details,
+    })
+
+
 def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheSettings, image_size: tuple[int, int],
                 augment: dict[str, Any], temperature: float, mask_mode: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Run the teacher over every image of `train_dir`, write the cache into `settings.out`, measure its
@@ -188,7 +199,7 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
     import torch
     from tqdm import tqdm
 
-    from idd_edge.seg.data import IDDSegDataset, build_transform, find_pairs, read_image
+    from idd_edge.seg.data import Augment, IDDSegDataset, build_transform, find_pairs, image_tensor, read_image
     from idd_edge.seg.trained import WEIGHTS_NAME, load_trained
     from idd_edge_runtime.manifest import sha256_file
 
@@ -214,20 +225,14 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
             for image_path, _mask in pairs[start:start + settings.batch_size]:
                 image = read_image(image_path)
                 image_sizes.append(list(image.shape[:2]))
-                batch.append(preprocess(_as_image(image)))
+                batch.append(preprocess(image_tensor(image)))
             logits = teacher(torch.stack(batch))
             logits = torch.nn.functional.interpolate(logits, size=stored, mode="area") if settings.stride > 1 else logits
             handle.write(logits.to(torch.float16).contiguous().numpy().tobytes())
-    index = {
-        "version": FORMAT_VERSION, "teacher": str(teacher_dir), "teacher_weights_sha256": sha256_file(teacher_dir / WEIGHTS_NAME),
-        "label_level": level, "num_classes": num_classes, "class_names": info.get("class_names"),
-        "input_size": list(settings.input_size), "stride": settings.stride, "stored_size": list(stored),
-        "dtype": "float16", "stems": [image.stem for image, _mask in pairs], "image_sizes": image_sizes,
-    }
-    atomic.write_json(staging / INDEX_NAME, index)
-
-    from idd_edge.seg.data import Augment
-
+    write_index(staging, stems=[image.stem for image, _mask in pairs], image_sizes=image_sizes,
+                num_classes=num_classes, stored_size=stored, label_level=level,
+                teacher_weights_sha256=sha256_file(teacher_dir / WEIGHTS_NAME), teacher=str(teacher_dir),
+                class_names=info.get("class_names"), input_size=list(settings.input_size), stride=settings.stride)
     cache = TeacherLogits(staging)
     train_set = IDDSegDataset(train_dir, level, image_size, Augment.from_params(augment), mask_mode, cache)
     teacher_at_crop, _ = load_trained(teacher_dir, input_size=image_size)
@@ -237,13 +242,6 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
     atomic.write_json(staging / METRICS_NAME, metrics)
     atomic.replace_dir(staging, settings.out)
     return metrics
-
-
-def _as_image(image: np.ndarray) -> Any:
-    import torch
-    from torchvision import tv_tensors
-
-    return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
 
 
 def fidelity(teacher: torch.nn.Module, train_set: Any, crops: int, temperature: float, seed: int) -> dict[str, Any]:
