@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idd_edge.seg.kd import KDConfig, masked_cross_entropy, masked_kl_divergence
+from idd_edge.labels import VOID
+from idd_edge.seg.kd import KDConfig, class_weights_from_counts, masked_cross_entropy, masked_kl_divergence
 
 
 def _softmax(values: list[float]) -> list[float]:
@@ -127,3 +128,25 @@ def test_half_precision_cached_teacher_logits_give_the_float32_loss():
     target = torch.randint(0, 4, (1, 5, 5))
     exact = masked_kl_divergence(student, teacher.half().float(), target, 4.0)
     assert masked_kl_divergence(student, teacher.half(), target, 4.0).item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+def test_weighted_ce_is_the_weight_normalised_mean_over_valid_pixels():
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0] = VOID
+    weights = torch.tensor([0.5, 2.0, 4.0])
+    expected = F.cross_entropy(logits, target, weight=weights, ignore_index=VOID)  # PyTorch's weighted mean
+    assert masked_cross_entropy(logits, target, class_weights=weights).item() == pytest.approx(expected.item())
+    unweighted = masked_cross_entropy(logits, target, class_weights=torch.ones(3))
+    assert unweighted.item() == pytest.approx(masked_cross_entropy(logits, target).item())
+
+
+def test_class_weights_favour_rare_classes_keep_the_ce_scale_and_are_capped():
+    counts = torch.tensor([9000, 900, 100, 0])  # the last class never occurs in training
+    weights = class_weights_from_counts(counts, power=0.5, max_weight=100.0)
+    assert weights[0] < weights[1] < weights[2] and weights[3].item() == 1.0
+    freq = counts[:3].double() / counts.sum()
+    assert (weights[:3].double() * freq).sum().item() == pytest.approx(1.0, rel=1e-5)  # pixel-weighted mean 1
+    assert weights[2] / weights[0] == pytest.approx(math.sqrt(90), rel=1e-5)  # (1/f) ** 0.5
+    capped = class_weights_from_counts(counts, power=1.0, max_weight=3.0)
+    assert capped.max().item() == 3.0

@@ -209,6 +209,15 @@ class IDDSegDataset(Dataset):
             )
         return image, encode_mask(mask, self.level, self.mask_mode, mask_path)
 
+    def class_pixel_counts(self) -> torch.Tensor:
+        """(C,) int64 pixels of each train id over the whole split, at the stored resolution (void left out)."""
+        classes = num_classes(self.level)
+        counts = np.zeros(classes, dtype=np.int64)
+        for _image, mask_path in self.pairs:
+            mask = encode_mask(read_mask(mask_path), self.level, self.mask_mode, mask_path)
+            counts += np.bincount(mask.ravel(), minlength=256)[:classes]
+        return torch.from_numpy(counts)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         from torchvision import tv_tensors
 

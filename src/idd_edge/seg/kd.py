@@ -22,11 +22,41 @@ import torch.nn.functional as F
 from idd_edge.labels import VOID
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = VOID) -> torch.Tensor:
-    """Mean CE over valid pixels; 0 (with a gradient path) for a batch without any, instead of NaN."""
-    valid = (target != ignore_index).sum()
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = VOID, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean CE over valid pixels; 0 (with a gradient path) for a batch without any, instead of NaN.
+    With `class_weights` (C,), the weighted mean: sum_p w[t_p] * CE_p / sum_p w[t_p]."""
+    valid_mask = target != ignore_index
+    if class_weights is None:
+        valid = valid_mask.sum()
+    else:
+        class_weights = class_weights.to(device=logits.device, dtype=torch.float32)
+        valid = class_weights[target[valid_mask]].sum()
+    loss = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index, reduction="sum")
     return loss / valid.clamp(min=1)
+
+
+WEIGHTINGS = ("none", "inverse_frequency")
+
+
+def class_weights_from_counts(counts: torch.Tensor, power: float, max_weight: float) -> torch.Tensor:
+    """Per-class CE weights (1 / frequency) ** power from training pixel counts (C,), scaled so that the
+    pixel-weighted mean weight is 1 (the loss keeps the scale of plain CE, and so do learning rates) and
+    capped at `max_weight` (a class of a few pixels would otherwise dominate the batch). Classes absent
+    from training get weight 1: they never occur as a target, the value only matters for other data.
+
+    Why: on road scenes a handful of classes (road, sky, vegetation, buildings) cover ~90% of the pixels;
+    under plain CE a small network learns those and predicts person / rider / pole nowhere (0 IoU).
+    power 0.5 (inverse square root) is the usual compromise between plain CE (0) and full balance (1).
+    """
+    counts = counts.double()
+    freq = counts / counts.sum().clamp(min=1)
+    present = counts > 0
+    weights = torch.ones_like(freq)
+    raw = freq[present].pow(-power)
+    weights[present] = raw / (raw * freq[present]).sum()
+    return weights.clamp(max=max_weight).float()
 
 
 def masked_kl_divergence(
@@ -88,9 +118,10 @@ class KDConfig:
     def from_params(cls, cfg: dict[str, Any]) -> KDConfig:
         return cls(float(cfg["temperature"]), float(cfg["alpha"]), bool(cfg["temperature_squared"]))
 
-    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"ce", "kl", "total"}; `kl` is the raw KL (before alpha and the optional T^2)."""
-        ce = masked_cross_entropy(student_logits, target)
+        ce = masked_cross_entropy(student_logits, target, class_weights=class_weights)
         kl = masked_kl_divergence(student_logits, teacher_logits, target, self.temperature)
         weight = self.alpha * (self.temperature**2 if self.temperature_squared else 1.0)
         return {"ce": ce, "kl": kl, "total": ce + weight * kl}

@@ -88,21 +88,22 @@ def restore_rng(rng: dict[str, Any]) -> None:
 def compute_losses(
     model: nn.Module, images: torch.Tensor, masks: torch.Tensor, teacher: nn.Module | None = None,
     kd: KDConfig | None = None, teacher_logits: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """{"ce", "kl", "total"} of one batch: masked CE, plus the KD terms when KD settings are given, against
-    the cached `teacher_logits` of the batch or else the `teacher` run now (in inference mode: its logits
-    are targets, nothing flows back into it; only tensors derived from them, never the inference tensors
-    themselves, are saved for the student's backward)."""
+    """{"ce", "kl", "total"} of one batch: masked CE (class-weighted by `class_weights` when given), plus the
+    KD terms when KD settings are given, against the cached `teacher_logits` of the batch or else the
+    `teacher` run now (in inference mode: its logits are targets, nothing flows back into it; only tensors
+    derived from them, never the inference tensors themselves, are saved for the student's backward)."""
     logits = as_logits(model(images))
     if kd is None:
-        ce = masked_cross_entropy(logits, masks)
+        ce = masked_cross_entropy(logits, masks, class_weights=class_weights)
         return {"ce": ce, "kl": torch.zeros_like(ce), "total": ce}
     if teacher_logits is None:
         if teacher is None:
             raise ValueError("KD needs a teacher or the batch's cached teacher logits")
         with torch.inference_mode():
             teacher_logits = as_logits(teacher(images))
-    return kd.loss(logits, teacher_logits, masks)
+    return kd.loss(logits, teacher_logits, masks, class_weights)
 
 
 class SegmentationTask(L.LightningModule):
@@ -119,6 +120,8 @@ class SegmentationTask(L.LightningModule):
         channels_last: run model and teacher in channels_last memory format.
         on_epoch_end: called on global rank zero after each validated training epoch with the epoch's
             record (DVCLive logging).
+        class_weights: (C,) weights of the training CE term (`kd.class_weights_from_counts`), or None;
+            validation CE stays unweighted, comparable across runs.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class SegmentationTask(L.LightningModule):
         kd: KDConfig | None = None,
         channels_last: bool = True,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        class_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         if teacher is not None and kd is None:
@@ -140,6 +144,7 @@ class SegmentationTask(L.LightningModule):
         self.kd = kd
         self.channels_last = channels_last
         self.on_epoch_end = on_epoch_end
+        self.class_weights = class_weights
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self.history: list[dict[str, Any]] = []
         if channels_last:
@@ -171,7 +176,7 @@ class SegmentationTask(L.LightningModule):
         if self.kd is not None and self.teacher is None and not cached:
             raise ValueError("KD without a teacher needs cached teacher logits in every training batch")
         losses = compute_losses(self.model, self._prepare(images), masks, self.teacher, self.kd,
-                                cached[0] if cached else None)
+                                cached[0] if cached else None, self.class_weights)
         self._stop_if_not_finite(losses)
         stacked = torch.stack([losses["ce"], losses["kl"], losses["total"]]).detach().double()
         self._train_sums += stacked

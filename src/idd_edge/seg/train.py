@@ -100,6 +100,7 @@ class TrainJob:
     schedule: Schedule
     optim: dict[str, Any]
     augment: dict[str, Any]
+    loss: dict[str, Any] = field(default_factory=lambda: {"class_weighting": "none"})
     kd: dict[str, Any] | None = None
     teacher_dir: Path | None = None
     teacher_logits: Path | None = None  # the teacher-logit cache when KD reads cached logits
@@ -202,6 +203,21 @@ def open_teacher_logits(job: TrainJob) -> Any:
     return cache
 
 
+def training_class_weights(job: TrainJob, train_set: Any) -> Any:
+    """CE class weights of the run from its training split's pixel counts (`train.loss`), or None."""
+    from idd_edge.seg.kd import WEIGHTINGS, class_weights_from_counts
+
+    scheme = job.loss["class_weighting"]
+    if scheme not in WEIGHTINGS:
+        raise ValueError(f"train.loss.class_weighting {scheme!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if scheme == "none":
+        return None
+    weights = class_weights_from_counts(train_set.class_pixel_counts(), float(job.loss["power"]),
+                                        float(job.loss["max_weight"]))
+    log.info("%s: CE class weights %s", job.run, " ".join(f"{w:.2f}" for w in weights.tolist()))
+    return weights
+
+
 def summarize(job: TrainJob, history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The run's `train_metrics.json`: best val mIoU (first epoch reaching it) and last-epoch losses."""
     if not history:
@@ -262,7 +278,8 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     model = build_model(job.model_cfg, len(class_names), job.image_size)
     optim = OptimConfig(lr=job.schedule.lr, weight_decay=job.schedule.weight_decay, **job.optim)
     epoch_log = EpochLog(run_dir / "dvclive", resume=resume_from is not None)
-    task = SegmentationTask(model, class_names, optim, teacher, kd, job.engine.channels_last, epoch_log)
+    task = SegmentationTask(model, class_names, optim, teacher, kd, job.engine.channels_last, epoch_log,
+                            training_class_weights(job, train_set))
 
     accelerator, precision = job.engine.resolved()
     checkpoint = ModelCheckpoint(
@@ -348,10 +365,11 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
         schedule=Schedule(**role_cfg),
         optim=dict(train_cfg["optim"]),
         augment=dict(train_cfg["augment"]),
+        loss=dict(train_cfg["loss"]),
         kd=kd,
         teacher_dir=out_dir / "teacher" if role == "kd" else None,
         teacher_logits=Path(config.section(params, "train.teacher_logits.out", source)) if cached else None,
-        seed=int(config.section(params, "seed", source)),
+        seed=int(config.section(params, "seed" if role == "teacher" else "train.student_seed", source)),
         workers=int(train_cfg["workers"]),
         mask_mode=train_cfg["mask_mode"],
         eval_batch_size=int(train_cfg["eval_batch_size"]),
