@@ -128,7 +128,7 @@ def test_settings_refuse_what_would_go_online_or_break(changes, problem):
 
 def test_default_settings_are_tiny_and_offline():
     settings = TrainSettings.from_params(train_node(), "params.yaml")
-    assert settings.amp is False and settings.device == "cpu" and settings.epochs <= 5 and settings.imgsz <= 320
+    assert settings.amp is False and settings.device == "cpu" and settings.epochs <= 30 and settings.imgsz <= 320
 
 
 def test_missing_dataset_names_the_file(tmp_path):

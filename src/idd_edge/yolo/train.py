@@ -45,6 +45,13 @@ class TrainSettings:
     cache: bool | str
     plots: bool
     seed: int
+    # Optimisation (Ultralytics' names): see conf/yolo.yaml for why the small-data values differ from its own.
+    optimizer: str
+    lr0: float
+    nbs: int
+    warmup_epochs: float
+    close_mosaic: int
+    val: bool
 
     @classmethod
     def from_params(cls, node: dict, source: str | Path) -> TrainSettings:
@@ -54,6 +61,9 @@ class TrainSettings:
                 imgsz=int(node["imgsz"]), batch=int(node["batch"]), workers=int(node["workers"]),
                 device=str(node["device"]), patience=int(node["patience"]), amp=node["amp"],
                 cache=node["cache"], plots=bool(node["plots"]), seed=int(node["seed"]),
+                optimizer=str(node["optimizer"]), lr0=float(node["lr0"]), nbs=int(node["nbs"]),
+                warmup_epochs=float(node["warmup_epochs"]), close_mosaic=int(node["close_mosaic"]),
+                val=bool(node["val"]),
             )
         except KeyError as exc:
             raise InputError(source, f"yolo.train is missing {exc}; recompose with `idd-edge params`") from None
@@ -135,6 +145,12 @@ def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
         cache=settings.cache,
         plots=settings.plots,
         seed=settings.seed,
+        optimizer=settings.optimizer,
+        lr0=settings.lr0,
+        nbs=settings.nbs,
+        warmup_epochs=settings.warmup_epochs,
+        close_mosaic=settings.close_mosaic,
+        val=settings.val,
         deterministic=True,
         pretrained=str(settings.pretrained) if init["weights"] else False,
         project=str(staging.parent),
