@@ -46,7 +46,7 @@ IMAGES_PER_DRIVE = 12  # a new drive folder every ~12 frames, at most MAX_DRIVES
 MAX_DRIVES = 4
 #: Mean objects per image (deleted included) = OBJECTS_BASE + OBJECTS_PER_DENSITY * density, measured over
 #: 100 scenes at densities 1 and 4 (480x270 and 1920x1080 agree); a test keeps the calibration honest.
-OBJECTS_BASE, OBJECTS_PER_DENSITY = 6.0, 49.0
+OBJECTS_BASE, OBJECTS_PER_DENSITY = 6.0, 43.6
 
 
 def make_scene(

@@ -39,12 +39,15 @@ PALETTE: dict[str, tuple[RGB, ...]] = {
     "vegetation": ((62, 100, 42), (88, 120, 52), (46, 76, 36)),
     "road": ((92, 92, 96), (112, 106, 100), (74, 74, 78)),
     "parking": ((124, 118, 110),),
-    "drivable fallback": ((140, 122, 96), (118, 110, 100)),
+    # laterite / packed red earth, as on many Indian unpaved roads: apart from the sandy non-drivable
+    # ground (the two shared one dirt palette and no model told them apart: ~12 IoU)
+    "drivable fallback": ((150, 92, 62), (132, 84, 60)),
     "non-drivable fallback": ((150, 126, 96), (122, 102, 76), (165, 150, 120)),
-    "sidewalk": ((160, 156, 150), (172, 112, 100), (186, 180, 170)),
+    "sidewalk": ((184, 180, 172), (176, 112, 104), (200, 192, 178)),  # lighter than the asphalt next to it
     "curb": ((222, 200, 62), (205, 205, 200), (150, 150, 148)),
     "wall": ((182, 170, 150), (140, 136, 130), (200, 180, 158)),
-    "fence": ((120, 120, 122), (92, 112, 92), (150, 120, 90)),
+    # painted railings (green, blue, rust): grey ones read as the road or a pole behind them (~15 IoU)
+    "fence": ((52, 130, 92), (56, 88, 160), (150, 84, 52)),
     "guard rail": ((190, 190, 196), (170, 170, 160)),
     "billboard": ((200, 62, 60), (62, 92, 200), (230, 200, 44), (240, 240, 238)),
     "traffic sign": ((220, 42, 40), (42, 82, 190), (240, 240, 236), (230, 200, 10)),
