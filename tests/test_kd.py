@@ -150,3 +150,39 @@ def test_class_weights_favour_rare_classes_keep_the_ce_scale_and_are_capped():
     assert weights[2] / weights[0] == pytest.approx(math.sqrt(90), rel=1e-5)  # (1/f) ** 0.5
     capped = class_weights_from_counts(counts, power=1.0, max_weight=3.0)
     assert capped.max().item() == 3.0
+
+
+def test_class_weighted_kl_weights_pixels_by_their_target_class():
+    student, teacher = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    target = torch.tensor([[[0, 1], [2, VOID]]])
+    weights = torch.tensor([1.0, 2.0, 5.0])
+    per_pixel = [masked_kl_divergence(student, teacher, torch.where(torch.arange(4).view(1, 2, 2) == i, target,
+                                                                    VOID), 4.0).item() for i in range(3)]
+    expected = (1.0 * per_pixel[0] + 2.0 * per_pixel[1] + 5.0 * per_pixel[2]) / 8.0
+    weighted = masked_kl_divergence(student, teacher, target, 4.0, class_weights=weights)
+    assert weighted.item() == pytest.approx(expected, rel=1e-5)
+    all_void = masked_kl_divergence(student, teacher, torch.full_like(target, VOID), 4.0, class_weights=weights)
+    assert all_void.item() == 0.0
+
+
+def test_cwd_is_zero_for_identical_maps_ignores_void_and_weighs_every_class_alike():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 4, 4)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[:, 0] = VOID
+    cwd = KDConfig(method="cwd")
+    assert cwd.loss(teacher.clone(), teacher, target)["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(2, 3, 4, 4)
+    changed = student.clone()
+    changed[:, :, 0] += 5.0  # only void pixels change
+    assert cwd.loss(changed, teacher, target)["kl"].item() == pytest.approx(cwd.loss(student, teacher, target)["kl"].item())
+    # the textbook form, by autograd: T^2 * mean over (image, class) of KL over the valid pixels
+    valid = (target != VOID).reshape(2, 1, -1).expand(2, 3, -1)
+    p = F.softmax(teacher.reshape(2, 3, -1)[valid].reshape(2, 3, -1) / 4.0, dim=-1)
+    log_q = F.log_softmax(student.reshape(2, 3, -1)[valid].reshape(2, 3, -1) / 4.0, dim=-1)
+    expected = 16.0 * (p * (p.log() - log_q)).sum(-1).mean()
+    assert cwd.loss(student, teacher, target)["kl"].item() == pytest.approx(expected.item(), rel=1e-5)
+    all_void = torch.full_like(target, VOID)
+    assert cwd.loss(student, teacher, all_void)["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="train.kd.loss"):
+        KDConfig(method="dist")

@@ -61,15 +61,22 @@ def class_weights_from_counts(counts: torch.Tensor, power: float, max_weight: fl
 
 def masked_kl_divergence(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float,
-    ignore_index: int = VOID,
+    ignore_index: int = VOID, class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL(softmax(teacher/T) || softmax(student/T)) per pixel (sum over classes), mean over valid pixels.
-    The teacher logits are targets: no gradient flows into them."""
+    """KL(softmax(teacher/T) || softmax(student/T)) per pixel (sum over classes), mean over valid pixels;
+    with `class_weights` (C,), the mean weighted by the weight of each pixel's target class, as in
+    `masked_cross_entropy`. The teacher logits are targets: no gradient flows into them."""
     if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
         teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
                                        align_corners=False)
     valid = target != ignore_index
-    weight = valid.to(torch.promote_types(student_logits.dtype, torch.float32)) / valid.sum().clamp(min=1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    if class_weights is None:
+        weight = valid.to(dtype)
+    else:
+        per_class = class_weights.to(device=target.device, dtype=dtype)
+        weight = per_class[target.clamp(max=len(per_class) - 1)] * valid  # void indexes any class, then drops
+    weight = weight / weight.sum().clamp(min=torch.finfo(dtype).tiny)
     classes = student_logits.shape[1]
     # (pixels, classes) views: free for channels_last tensors (the students train in channels_last and
     # the cached-logit batches come that way), so no layout conversion on the way in or, for the
@@ -108,20 +115,57 @@ class _SoftTargetKL(torch.autograd.Function):
         return grad.to(ctx.student_dtype), None, None, None
 
 
+def channel_wise_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float,
+    ignore_index: int = VOID,
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al. 2021, CWD): each class channel of an image becomes a
+    distribution over its valid pixels, softmax(logits_c / T); the loss is T^2 times the KL of the teacher's
+    from the student's, mean over images and channels. Every class counts alike, however few pixels it
+    covers (the per-pixel KL is dominated by road and sky). Void pixels take no probability mass."""
+    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+        teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+    n, c = student_logits.shape[:2]
+    void = (target == ignore_index).reshape(n, 1, -1)
+    # a finite fill: an all-void image gives two uniform distributions (KL 0) instead of NaN
+    student = (student_logits.float().reshape(n, c, -1) / temperature).masked_fill(void, -1e4)
+    teacher = (teacher_logits.detach().float().reshape(n, c, -1) / temperature).masked_fill(void, -1e4)
+    log_p = torch.log_softmax(teacher, dim=-1)
+    kl = (log_p.exp() * (log_p - torch.log_softmax(student, dim=-1))).sum(dim=-1)
+    return kl.mean() * temperature**2
+
+
+#: train.kd.loss: the distillation term added to the CE
+KD_LOSSES = ("kl", "cwd")
+
+
 @dataclass(frozen=True)
 class KDConfig:
     temperature: float = 4.0
     alpha: float = 1.0
     temperature_squared: bool = False
+    method: str = "kl"  # train.kd.loss; kl: per-pixel KL (the seed's); cwd: channel-wise distillation
+
+    def __post_init__(self) -> None:
+        if self.method not in KD_LOSSES:
+            raise ValueError(f"train.kd.loss {self.method!r}; choose one of {', '.join(KD_LOSSES)}")
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> KDConfig:
-        return cls(float(cfg["temperature"]), float(cfg["alpha"]), bool(cfg["temperature_squared"]))
+        return cls(float(cfg["temperature"]), float(cfg["alpha"]), bool(cfg["temperature_squared"]), str(cfg["loss"]))
 
     def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
              class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{"ce", "kl", "total"}; `kl` is the raw KL (before alpha and the optional T^2)."""
+        """{"ce", "kl", "total"}; `kl` is the raw distillation term (before alpha and the optional T^2; CWD
+        includes its own T^2)."""
         ce = masked_cross_entropy(student_logits, target, class_weights=class_weights)
-        kl = masked_kl_divergence(student_logits, teacher_logits, target, self.temperature)
+        if self.method == "cwd":
+            cwd = channel_wise_divergence(student_logits, teacher_logits, target, self.temperature)
+            return {"ce": ce, "kl": cwd, "total": ce + self.alpha * cwd}
+        # the KD term weights pixels as the CE term does: unweighted, the KL of the road, sky and vegetation
+        # pixels pulls the student back towards the frequent classes the CE weights steer it from
+        kl = masked_kl_divergence(student_logits, teacher_logits, target, self.temperature,
+                                  class_weights=class_weights)
         weight = self.alpha * (self.temperature**2 if self.temperature_squared else 1.0)
         return {"ce": ce, "kl": kl, "total": ce + weight * kl}

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ROLES = ("teacher", "baseline", "kd")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 RUN_STATE = "run.json"
-KD_KEYS = ("temperature", "alpha", "temperature_squared", "teacher_logits")
+KD_KEYS = ("temperature", "alpha", "temperature_squared", "loss", "teacher_logits")
 TEACHER_LOGITS = ("cached", "online")  # KD against cached teacher logits, or the teacher run on each batch
 
 
