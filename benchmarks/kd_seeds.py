@@ -1,0 +1,79 @@
+"""Experiment: is the KD gain over the baseline students more than seed noise?
+
+    .venv/bin/python benchmarks/kd_seeds.py [--seeds 1 2] [--reuse]
+
+Runs `dvc exp run --temp -S train.student_seed=<seed> train_baseline train_kd` for each seed (the teacher,
+its logit cache and the data stay those of the committed run: only the students' initialisation and data
+order change), reads each run's best val mIoU from the experiment's `train_metrics.json` and adds the
+committed workspace run (its `train.student_seed`). Prints a Markdown table: per student and seed the
+baseline and KD mIoU and KD - baseline, then the mean and the sample standard deviation of KD - baseline.
+`--reuse` reads experiments named `kd-seed<seed>` that exist already instead of running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def experiment_ref(name: str) -> str | None:
+    """The git ref of the DVC experiment `name` on the current commit, or None."""
+    head = git("rev-parse", "HEAD").strip()
+    refs = git("for-each-ref", f"refs/exps/{head[:2]}/{head[2:]}", "--format=%(refname)").split()
+    return next((ref for ref in refs if ref.rsplit("/", 1)[-1] == name), None)
+
+
+def best_miou(rev: str | None, run: str) -> float:
+    path = f"artifacts/seg/{run}/train_metrics.json"
+    text = (ROOT / path).read_text() if rev is None else git("show", f"{rev}:{path}")
+    return 100.0 * float(json.loads(text)["best_miou"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--reuse", action="store_true", help="read existing kd-seed<N> experiments")
+    args = parser.parse_args()
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    students = list(params["models"]["students"])
+    revs: dict[int, str | None] = {int(params["train"]["student_seed"]): None}  # None: the workspace run
+    for seed in args.seeds:
+        name = f"kd-seed{seed}"
+        if not (args.reuse and experiment_ref(name)):
+            subprocess.run(["dvc", "exp", "run", "--temp", "-f", "-n", name, "-S", f"train.student_seed={seed}",
+                            "train_baseline", "train_kd"], cwd=ROOT, check=True)
+        ref = experiment_ref(name)
+        if ref is None:
+            raise SystemExit(f"experiment {name} not found after running it")
+        revs[seed] = ref
+
+    print("| student | seed | baseline mIoU | KD mIoU | KD - baseline |")
+    print("|---|---|---|---|---|")
+    summary = []
+    for student in students:
+        gains = []
+        for seed, rev in revs.items():
+            base, kd = best_miou(rev, f"baseline_{student}"), best_miou(rev, f"kd_{student}")
+            gains.append(kd - base)
+            print(f"| {student} | {seed} | {base:.2f} | {kd:.2f} | {kd - base:+.2f} |")
+        spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+        summary.append(f"| {student} | {statistics.mean(gains):+.2f} | {spread:.2f} | {min(gains):+.2f} |")
+    print("\n| student | mean KD - baseline | std (n-1) | worst seed |")
+    print("|---|---|---|---|")
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
