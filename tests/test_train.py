@@ -286,7 +286,8 @@ def test_label_level_selects_the_split_folder_and_class_count(band_split, tmp_pa
                                     "mnv4l_deeplabv3plus", "test")
     assert job.split_dir == band_split / "IDDL3" and job.label_level == "level3"
     assert job.teacher_dir == tmp_path / "teacher" and job.run == "kd_mnv4l_deeplabv3plus"
-    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False, "teacher_logits": "cached"}
+    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False, "loss": "kl",
+                      "teacher_logits": "cached"}
     assert job.teacher_logits == tmp_path / "teacher_logits"
 
 
