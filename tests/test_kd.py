@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,4 +186,29 @@ def test_cwd_is_zero_for_identical_maps_ignores_void_and_weighs_every_class_alik
     all_void = torch.full_like(target, VOID)
     assert cwd.loss(student, teacher, all_void)["kl"].item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="train.kd.loss"):
-        KDConfig(method="dist")
+        KDConfig(method="mse")
+
+
+def test_dist_is_invariant_to_scale_and_shift_of_the_probabilities_and_ignores_void():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 4, 5, 5)
+    target = torch.randint(0, 4, (2, 5, 5))
+    target[:, 0] = VOID
+    dist = KDConfig(temperature=1.0, method="dist")
+    assert dist.loss(teacher.clone(), teacher, target)["kl"].item() == pytest.approx(0.0, abs=1e-5)
+    student = torch.randn(2, 4, 5, 5)
+    changed = student.clone()
+    changed[:, :, 0] += 5.0  # only void pixels change
+    assert dist.loss(changed, teacher, target)["kl"].item() == pytest.approx(dist.loss(student, teacher, target)["kl"].item())
+    # the textbook form on the valid pixels: T^2 * (mean_pixels (1 - r(y_s, y_t)) + mean_classes (1 - r))
+    valid = target.reshape(-1) != VOID
+    y_s = F.softmax(student.permute(0, 2, 3, 1).reshape(-1, 4)[valid], dim=1).numpy()
+    y_t = F.softmax(teacher.permute(0, 2, 3, 1).reshape(-1, 4)[valid], dim=1).numpy()
+    inter = np.mean([1 - np.corrcoef(a, b)[0, 1] for a, b in zip(y_s, y_t)])
+    intra = np.mean([1 - np.corrcoef(a, b)[0, 1] for a, b in zip(y_s.T, y_t.T)])
+    assert dist.loss(student, teacher, target)["kl"].item() == pytest.approx(inter + intra, rel=1e-4)
+    far = dist.loss(-teacher, teacher, target)["kl"].item()
+    assert far > dist.loss(student, teacher, target)["kl"].item()
+    gradient_path = KDConfig(method="dist").loss(student.requires_grad_(), teacher, torch.full_like(target, VOID))
+    assert gradient_path["kl"].item() == 0.0
+    gradient_path["total"].backward()

@@ -136,8 +136,49 @@ def channel_wise_divergence(
     return kl.mean() * temperature**2
 
 
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - Pearson correlation of the rows of `a` and `b` (rows, n), mean over rows (weighted by `weight`)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    rho = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-8)
+    if weight is None:
+        return (1 - rho).mean()
+    return ((1 - rho) * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def dist_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float,
+    ignore_index: int = VOID, class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DIST (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher"): instead of matching the
+    teacher's class distribution exactly (KL), match its relations. Inter-class: the Pearson correlation of
+    the student's and the teacher's class probabilities at each valid pixel; intra-class: the correlation
+    of each class's probabilities across the batch's valid pixels. Loss = T^2 * (inter + intra), both
+    1 - correlation (beta = gamma = 1 as in the paper). The inter-class term weights pixels by their target
+    class like the CE. Why: a correlation ignores the scale and shift that separate a small student's
+    predictions from a much stronger teacher's, which the exact KL match penalises."""
+    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+        teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+    classes = student_logits.shape[1]
+    valid = (target != ignore_index).reshape(-1)
+    student = student_logits.float().permute(0, 2, 3, 1).reshape(-1, classes)[valid]
+    teacher = teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, classes)[valid]
+    if student.shape[0] < 2:  # no valid pixels (or one): nothing to correlate, keep the graph
+        return student_logits.sum() * 0.0
+    y_s = torch.softmax(student / temperature, dim=1)
+    y_t = torch.softmax(teacher / temperature, dim=1)
+    weight = None
+    if class_weights is not None:
+        per_class = class_weights.to(device=target.device, dtype=torch.float32)
+        weight = per_class[target.reshape(-1)[valid]]
+    inter = _pearson_distance(y_s, y_t, weight)
+    intra = _pearson_distance(y_s.t(), y_t.t())
+    return (inter + intra) * temperature**2
+
+
 #: train.kd.loss: the distillation term added to the CE
-KD_LOSSES = ("kl", "cwd")
+KD_LOSSES = ("kl", "cwd", "dist")
 
 
 @dataclass(frozen=True)
@@ -145,7 +186,7 @@ class KDConfig:
     temperature: float = 4.0
     alpha: float = 1.0
     temperature_squared: bool = False
-    method: str = "kl"  # train.kd.loss; kl: per-pixel KL (the seed's); cwd: channel-wise distillation
+    method: str = "kl"  # train.kd.loss; kl: per-pixel KL (the seed's); cwd: channel-wise; dist: DIST
 
     def __post_init__(self) -> None:
         if self.method not in KD_LOSSES:
@@ -158,11 +199,15 @@ class KDConfig:
     def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
              class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"ce", "kl", "total"}; `kl` is the raw distillation term (before alpha and the optional T^2; CWD
-        includes its own T^2)."""
+        and DIST include their own T^2)."""
         ce = masked_cross_entropy(student_logits, target, class_weights=class_weights)
         if self.method == "cwd":
             cwd = channel_wise_divergence(student_logits, teacher_logits, target, self.temperature)
             return {"ce": ce, "kl": cwd, "total": ce + self.alpha * cwd}
+        if self.method == "dist":
+            dist = dist_divergence(student_logits, teacher_logits, target, self.temperature,
+                                   class_weights=class_weights)
+            return {"ce": ce, "kl": dist, "total": ce + self.alpha * dist}
         # the KD term weights pixels as the CE term does: unweighted, the KL of the road, sky and vegetation
         # pixels pulls the student back towards the frequent classes the CE weights steer it from
         kl = masked_kl_divergence(student_logits, teacher_logits, target, self.temperature,
