@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from idd_edge import cli, config
 from idd_edge.errors import InputError
@@ -124,11 +125,12 @@ def test_the_stage_caches_the_teachers_logits_of_every_training_image(tmp_path):
     stems = sorted(path.stem for path in (split_root / "IDDL2" / "train" / "images").iterdir())
     assert cache.index["stems"] == stems and cache.index["image_sizes"] == [list(IMAGE_HW)] * 5
     assert cache.array.shape == (5, 16, 32, 48) and cache.array.dtype == np.float16
-    # Row 3 is the teacher's output for image 3 resized to 64x96, at half resolution.
+    # Row 3 is the teacher's output for image 3 resized to 64x96 as training crops are, at half resolution.
     teacher, _info = load_trained(tmp_path / "seg" / "teacher", input_size=(64, 96))
     image = read_image(split_root / "IDDL2" / "train" / "images" / f"{stems[3]}.png")
     with torch.no_grad():
-        expected = teacher(build_transform((64, 96), None)(image_tensor(image))[None])
+        resized = TF.resize(image_tensor(image), [64, 96], antialias=True)
+        expected = teacher(build_transform(None)(resized)[None])
     expected = F.interpolate(expected, size=(32, 48), mode="area")[0]
     assert np.abs(cache.array[3].astype(np.float32) - expected.numpy()).max() < 0.01 * float(expected.abs().max()) + 1e-3
     metrics = json.loads((tmp_path / "cache" / "metrics.json").read_text())

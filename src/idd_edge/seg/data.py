@@ -1,7 +1,9 @@
 """`IDDSegDataset`: image/mask pairs of `data/splits/<IDDLx>/<split>/{images,masks}` for training.
 
 As the seed (report section 5): ImageNet normalisation; training = random resized crop to the training
-size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The crop
+size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The validation
+resize of the image is the device runtime's (`idd_edge_runtime.preprocess.resize_semantic`), so validation
+scores, the accuracy gate and the device see the same pixels; masks are resized nearest. The crop
 and flip are drawn explicitly (`Augment.sample`) so that cached teacher logits (`teacher_cache.py`) can
 be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
 read in "automatic" mode: a mask whose values are all train ids of the level (or void) is used as is,
@@ -190,7 +192,7 @@ class IDDSegDataset(Dataset):
         self.teacher_logits = teacher_logits
         if teacher_logits is not None:
             teacher_logits.check_covers(self.stems)
-        self.transform = build_transform(self.size, augment)
+        self.transform = build_transform(augment)
 
     @property
     def stems(self) -> list[str]:
@@ -220,12 +222,14 @@ class IDDSegDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         from torchvision import tv_tensors
+        from idd_edge_runtime.preprocess import resize_semantic
 
         image, mask = self.load(index)
-        image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         if self.augment is None:
-            image_t, mask_t = self.transform(image_t, mask_t)
-            return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+            image = resize_semantic(image, self.size[1], self.size[0])
+            image_t = self.transform(image_tensor(np.ascontiguousarray(image)))
+            return image_t.as_subclass(torch.Tensor), torch.from_numpy(resize_mask(mask, self.size)).long()
+        image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         crop = self.augment.sample(image_t)
         image_t, mask_t = crop.apply(image_t, mask_t, self.size)
         sample = (self.transform(image_t).as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long())
@@ -241,16 +245,25 @@ def image_tensor(image: np.ndarray) -> Any:
     return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
 
 
-def build_transform(size: tuple[int, int], augment: Augment | None) -> Any:
-    """torchvision v2 pipeline. Validation (`augment` None): resize image and mask jointly (masks nearest),
-    normalise the image. Training: the photometric part only, for the image after `Crop.apply` (colour
-    jitter, normalisation); the geometric part is `Augment.sample` + `Crop.apply`."""
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A label mask resized to `size_hw` (H, W) nearest (torchvision's), as the validation transform does."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    if augment is None:
-        steps: list[Any] = [v2.Resize(size, antialias=True)]
-    else:
+    if mask.shape == tuple(size_hw):
+        return mask
+    resized = v2.Resize(list(size_hw))(tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))))
+    return resized.as_subclass(torch.Tensor).numpy()
+
+
+def build_transform(augment: Augment | None) -> Any:
+    """torchvision v2 pipeline of the image after its resize (validation: `resize_semantic`; training:
+    `Crop.apply`): colour jitter when training, then ImageNet normalisation."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    steps: list[Any] = []
+    if augment is not None:
         steps = [v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)]
     steps += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),

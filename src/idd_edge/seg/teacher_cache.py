@@ -197,6 +197,7 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
     """Run the teacher over every image of `train_dir`, write the cache into `settings.out`, measure its
     fidelity against online KD on the training crops; returns the metrics."""
     import torch
+    from torchvision.transforms.v2 import functional as TF
     from tqdm import tqdm
 
     from idd_edge.seg.data import Augment, IDDSegDataset, build_transform, find_pairs, image_tensor, read_image
@@ -208,7 +209,7 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
         raise InputError(teacher_dir / "model.json", f"teacher is for {info['label_level']}, the pipeline uses {level}")
     pairs = find_pairs(train_dir)
     num_classes, stored = int(info["num_classes"]), settings.stored_size
-    preprocess = build_transform(settings.input_size, None)
+    normalise = build_transform(None)
     staging = settings.out.with_name(f".{settings.out.name}.staging")
     if staging.exists():
         shutil.rmtree(staging)
@@ -225,7 +226,10 @@ def build_cache(teacher_dir: Path, train_dir: Path, level: str, settings: CacheS
             for image_path, _mask in pairs[start:start + settings.batch_size]:
                 image = read_image(image_path)
                 image_sizes.append(list(image.shape[:2]))
-                batch.append(preprocess(image_tensor(image)))
+                # Resized as the training crops are (`Crop.apply`: torchvision, antialiased), not by the
+                # validation/device resize: the cache stands in for the teacher run on those crops.
+                resized = TF.resize(image_tensor(image), list(settings.input_size), antialias=True)
+                batch.append(normalise(resized))
             logits = teacher(torch.stack(batch))
             logits = torch.nn.functional.interpolate(logits, size=stored, mode="area") if settings.stride > 1 else logits
             handle.write(logits.to(torch.float16).contiguous().numpy().tobytes())
