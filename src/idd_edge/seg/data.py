@@ -4,8 +4,8 @@ As the seed (report section 5): ImageNet normalisation; training = random resize
 size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The validation
 resize of the image is the device runtime's (`idd_edge_runtime.preprocess.resize_semantic`), so validation
 scores, the accuracy gate and the device see the same pixels; masks are resized nearest. The crop
-and flip are drawn explicitly (`Augment.sample`) so that cached teacher logits (`teacher_cache.py`) can
-be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
+and flip are drawn explicitly (`augment.py`: `Augment.sample`) so that cached teacher logits
+(`logit_cache.py`) can be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
 read in "automatic" mode: a mask whose values are all train ids of the level (or void) is used as is,
 otherwise it is taken as raw IDD label ids (0-39) and remapped with `labels.level_lut("id", level)`.
 The choice is per mask; a raw-id mask that happens to hold only values below the class count is
@@ -18,7 +18,6 @@ size mismatch between image and mask, values outside the label space.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from idd_edge.errors import InputError
 from idd_edge.labels import VOID, level_lut, num_classes
+from idd_edge.seg.augment import Augment
 
 if TYPE_CHECKING:
-    from idd_edge.seg.teacher_cache import TeacherLogits
+    from idd_edge.seg.logit_cache import TeacherLogits
 
 log = logging.getLogger(__name__)
 
@@ -54,57 +54,6 @@ class SampleError(InputError):
             message = last_line.split(": ", 1)[1] if ": " in last_line else last_line
             path, _, problem = message.partition(": ")
         super().__init__(path, problem)
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation of the seed: random resized crop, horizontal flip, colour jitter."""
-
-    scale: tuple[float, float] = (0.25, 1.0)  # crop area as a share of the image
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    hflip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> Augment:
-        return cls(
-            scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), hflip=float(cfg["hflip"]),
-            brightness=float(cfg["brightness"]), contrast=float(cfg["contrast"]),
-            saturation=float(cfg["saturation"]), hue=float(cfg["hue"]),
-        )
-
-    def sample(self, image: torch.Tensor) -> Crop:
-        """Draw the crop box (torchvision's RandomResizedCrop sampling) and the flip for a (C, H, W) image."""
-        from torchvision.transforms import v2
-
-        top, left, height, width = v2.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
-        return Crop(int(top), int(left), int(height), int(width), bool(torch.rand(()) < self.hflip))
-
-
-@dataclass(frozen=True)
-class Crop:
-    """A random resized crop: the box in source-image pixels, and whether the result is mirrored."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-    flip: bool
-
-    def apply(self, image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cut, resize (bilinear with antialiasing for the image, nearest for the mask) and mirror."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-
-        box = (self.top, self.left, self.height, self.width)
-        image = TF.resized_crop(image, *box, list(size), antialias=True)
-        mask = TF.resized_crop(mask[None], *box, list(size), interpolation=InterpolationMode.NEAREST)[0]
-        if self.flip:
-            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
-        return image, mask
 
 
 def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
@@ -177,7 +126,7 @@ class IDDSegDataset(Dataset):
         size: (H, W) output size: the training crop and the validation resize.
         augment: training augmentation, or None for validation (plain resize).
         mask_mode: `auto`, `train_id` or `id` (see module docstring).
-        teacher_logits: cached teacher logits of this split (`teacher_cache.TeacherLogits`), training only.
+        teacher_logits: cached teacher logits of this split (`logit_cache.TeacherLogits`), training only.
     """
 
     def __init__(self, split_dir: Path, level: str, size: tuple[int, int], augment: Augment | None = None,

@@ -1,4 +1,5 @@
-"""Teacher-logit cache: resampling, crop geometry, what the stage writes, and refusing stale caches."""
+"""Teacher-logit cache (`seg/logit_cache.py`, stage `seg/teacher_logits.py`): resampling, crop geometry,
+what the stage writes, and refusing stale caches."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from torchvision.transforms.v2 import functional as TF
 from idd_edge import cli, config
 from idd_edge.errors import InputError
 from idd_edge.labels import LEVEL_CLASS_NAMES
-from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, collate, image_tensor, read_image
+from idd_edge.seg.augment import Augment, Crop
+from idd_edge.seg.data import IDDSegDataset, build_transform, collate, image_tensor, read_image
+from idd_edge.seg.logit_cache import INDEX_NAME, LOGITS_NAME, TeacherLogits, resample_weights, write_index
 from idd_edge.seg.models import build_model
-from idd_edge.seg.teacher_cache import (
-    INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits, resample_weights, write_index,
-)
+from idd_edge.seg.teacher_logits import CacheSettings
 from idd_edge.seg.trained import load_trained, save_trained
 from tests.test_seg_data import make_band_split
 
