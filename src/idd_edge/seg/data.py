@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from idd_edge.errors import InputError
+from idd_edge.images import IMAGE_SUFFIXES, is_image
 from idd_edge.labels import VOID, level_lut, num_classes
 from idd_edge.seg.augment import Augment
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_MODES = ("auto", "train_id", "id")
 NUM_IDD_IDS = 40  # official label ids 0-39 (labels.LABELS)
 
@@ -64,7 +64,7 @@ def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
             raise InputError(folder, "folder not found; run the `split` stage (idd-edge split) first")
     images: dict[str, Path] = {}
     for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image(path):
             continue
         if path.stem in images:
             raise InputError(path, f"two images with stem {path.stem!r} ({images[path.stem].name})")
@@ -77,7 +77,7 @@ def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
         if stem not in images:
             raise InputError(mask, f"no image {stem}.<png|jpg> in {image_dir} for this mask")
     if not images:
-        raise InputError(image_dir, "no images (.png/.jpg) found")
+        raise InputError(image_dir, f"no images ({'/'.join(IMAGE_SUFFIXES)}) found")
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
