@@ -86,7 +86,7 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
     if not (converted_root / "gtFine").is_dir():
         raise InputError(converted_root, "no gtFine/ folder: run `idd-edge convert` first")
 
-    dataset_name = f"IDDL{level.removeprefix('level')}"
+    dataset_name = labels.LEVEL_DIR_NAME[level]
     summary = SplitSummary(level=level, dataset_dir=str(out_root / dataset_name))
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_root, prefix=".staging-"))
