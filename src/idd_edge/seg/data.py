@@ -30,6 +30,7 @@ from idd_edge.errors import InputError
 from idd_edge.images import IMAGE_SUFFIXES, is_image
 from idd_edge.labels import VOID, level_lut, num_classes
 from idd_edge.seg.augment import Augment
+from idd_edge_runtime.preprocess import resize_semantic
 
 if TYPE_CHECKING:
     from idd_edge.seg.logit_cache import TeacherLogits
@@ -171,7 +172,6 @@ class IDDSegDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         from torchvision import tv_tensors
-        from idd_edge_runtime.preprocess import resize_semantic
 
         image, mask = self.load(index)
         if self.augment is None:
