@@ -8,7 +8,7 @@ same batch, three steps through `seg.task.compute_losses`, the function the Ligh
 - baseline: student forward + masked CE + backward + AdamW;
 - KD online: plus the teacher's forward (eval, channels_last, inference mode) and the KL term;
 - KD cached (`train.kd.teacher_logits: cached`, the default): plus the KL term against the batch's
-  cached teacher logits (`seg/teacher_cache.py`).
+  cached teacher logits (`seg/logit_cache.py`, written by `seg/teacher_logits.py`).
 The batch comes from the real training dataset (`IDDSegDataset` with its augmentation) over a temporary
 split of random frames of the synthetic data's size, with a real teacher-logit cache of the configured
 geometry. Cutting each sample's crop out of that cache is data loading, like decoding and cropping the
@@ -18,7 +18,7 @@ Steps alternate so all see the same machine load; the median is reported. On CPU
 of this process (robust on a shared machine; wall time shown too), on a GPU wall time after synchronising,
 under bf16 autocast where supported (as `engine.precision: auto` trains). Target: KD step <= 1.5x the
 baseline step. Online, the teacher's forward is a fixed cost added to every student step, so a small
-student cannot meet it; the cache removes that cost (what the cache approximates: seg/teacher_cache.py).
+student cannot meet it; the cache removes that cost (what the cache approximates: seg/teacher_logits.py).
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def make_step(model, optimizer, images, masks, autocast, teacher=None, kd=None, 
 def training_data(params: dict, root: Path, size: tuple[int, int]):
     """The training dataset over `root` (random frames of the synthetic size) without and with a real
     teacher-logit cache of the configured geometry (random logits)."""
-    from idd_edge.seg.data import Augment, IDDSegDataset
-    from idd_edge.seg.teacher_cache import LOGITS_NAME, CacheSettings, TeacherLogits, write_index
+    from idd_edge.seg.augment import Augment
+    from idd_edge.seg.data import IDDSegDataset
+    from idd_edge.seg.logit_cache import LOGITS_NAME, TeacherLogits, write_index
+    from idd_edge.seg.teacher_logits import CacheSettings
 
     level, classes, frames = params["label_level"]["name"], params["label_level"]["num_classes"], 16
     height, width = int(params["synth"]["height"]), int(params["synth"]["width"])

@@ -78,7 +78,9 @@ def compare_cli(monkeypatch):
 
 
 def test_compare_is_registered_in_the_cli():
-    assert "idd_edge.seg.compare" in cli.STAGE_MODULES
+    """The real parser (every stage module registering itself) dispatches `compare` to this module."""
+    args = cli.build_parser().parse_args(["compare", "--a", "baseline_lraspp", "--b", "kd_lraspp"])
+    assert args.command == "compare" and args.handler.__module__ == "idd_edge.seg.compare"
 
 
 def test_losses_are_formatted_like_the_seed_report():

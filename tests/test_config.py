@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idd_edge import config
+from idd_edge import config, labels
 from idd_edge.errors import InputError
 
 
@@ -18,11 +18,21 @@ def test_committed_params_equal_composition_of_conf() -> None:
     )
 
 
-@pytest.mark.parametrize("level", ["level1", "level2", "level3"])
-def test_label_level_override(level: str) -> None:
-    params = config.compose([f"label_level={level}"])
-    assert params["label_level"]["name"] == level
-    assert params["label_level"]["encoding"] == f"{level}Id"
+def test_label_level_configs_are_the_label_table_s_levels() -> None:
+    """conf/label_level/ has one config per level of labels.py, and each says what labels.py says (Hydra
+    needs the values in YAML; labels.py is where they are defined)."""
+    assert sorted(path.stem for path in Path("conf/label_level").glob("*.yaml")) == sorted(labels.LEVEL_ENCODING)
+    for level in labels.LEVEL_ENCODING:
+        composed = config.compose([f"label_level={level}"])["label_level"]
+        assert composed == {"name": level, "encoding": labels.LEVEL_ENCODING[level],
+                            "num_classes": labels.num_classes(level), "dir_name": labels.LEVEL_DIR_NAME[level]}
+
+
+def test_the_runtime_knows_the_same_label_levels() -> None:
+    """The device runtime cannot import labels.py; its manifest schema keeps its own list."""
+    from idd_edge_runtime.manifest import LABEL_LEVELS
+
+    assert sorted(LABEL_LEVELS) == sorted(labels.LEVEL_ENCODING)
 
 
 def test_real_data_override() -> None:
@@ -34,7 +44,7 @@ def test_write_then_load_roundtrip(tmp_path: Path) -> None:
     params = config.compose(["label_level=level3"])
     config.write_params(params, tmp_path / "params.yaml")
     assert config.load_params(tmp_path / "params.yaml") == params
-    assert config.section(params, "label_level.num_classes") == 26
+    assert config.section(params, "label_level.num_classes") == params["label_level"]["num_classes"]
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from idd_edge.export import evaluate
 from idd_edge.export.gate import GateThresholds, compare_format, gate_model, semantic_scores, write_gate_outputs
 from idd_edge.export.onnx_export import export_to_onnx
 from idd_edge.export.onnx_io import onnx_session
-from idd_edge.export.preprocessing import resize_mask, resize_rgb
+from idd_edge.export.preprocessing import resize_rgb
 from idd_edge.export.quantize import to_model_input
 from idd_edge.labels import LEVEL_CLASS_NAMES
-from idd_edge.seg.data import IDDSegDataset
+from idd_edge.seg.data import IDDSegDataset, resize_mask
 from tests.export_support import TinySegNet, make_split
 
 LEVEL = "level1"

@@ -11,7 +11,8 @@ import torch
 from idd_edge import atomic
 from idd_edge.errors import InputError
 from idd_edge.labels import level_lut
-from idd_edge.seg.data import IMAGENET_MEAN, IMAGENET_STD, Augment, IDDSegDataset, make_loader
+from idd_edge.seg.augment import Augment
+from idd_edge.seg.data import IMAGENET_MEAN, IMAGENET_STD, IDDSegDataset, make_loader
 
 #: Colours of the band classes in `make_band_split` (distinct, so a small net can learn them fast).
 BAND_COLORS = np.array([[200, 60, 60], [60, 180, 60], [60, 60, 200], [220, 220, 80]], dtype=np.int16)

@@ -28,11 +28,10 @@ from typing import Any
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.jsonfile import read_json_if_present
+from idd_edge_runtime.formats import HEF, MODEL_FORMATS, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger(__name__)
 
-#: Export/gate format -> (manifest format, file suffix in the bundle).
-SHIPPED_FORMATS = {"hailo_emulation": ("hef", ".hef"), "onnx_int8": ("onnx-int8", "_int8.onnx"), "onnx_fp32": ("onnx", ".onnx")}
 RUNTIME_SOURCE = Path("deploy")
 
 
@@ -115,30 +114,27 @@ def model_entries(record: Mapping[str, Any], gate: Mapping[str, Any], files: Map
     classes = class_table(record["class_names"], record.get("label_level"))
     kind = record["output"]["kind"]
     entries = []
-    for fmt, (manifest_format, suffix) in SHIPPED_FORMATS.items():
-        source = files.get(fmt)
-        result = gate["formats"].get(fmt)
+    for fmt in MODEL_FORMATS:
+        source = files.get(fmt.gate)
+        result = gate["formats"].get(fmt.gate)
         if source is None or result is None or not result["passed"]:
             continue
-        is_hef = manifest_format == "hef"
         entry = {
             "name": record["name"],
             "role": record["role"],
-            "format": manifest_format,
-            "file": f"models/{record['name']}{suffix}",
+            "format": fmt.manifest,
+            "file": f"models/{record['name']}{fmt.bundle_suffix}",
             "sha256": None,  # filled from the copied file
             "input": {
-                "width": width, "height": height,
-                "layout": "NHWC" if is_hef else "NCHW",
-                "dtype": "uint8" if is_hef else "float32",
+                "width": width, "height": height, "layout": fmt.layout, "dtype": fmt.dtype,
                 # A HEF normalises on the chip (model script); ONNX takes host-normalised float input.
-                "normalization": None if is_hef else dict(record["normalization"]),
+                "normalization": dict(record["normalization"]) if fmt.host_normalises else None,
             },
             "output": {"kind": kind},
             "classes": classes,
-            "gate": gate_summary(gate, fmt),
+            "gate": gate_summary(gate, fmt.gate),
         }
-        if is_hef and compiled:
+        if fmt is HEF and compiled:
             entry["gate"]["fps_estimate"] = compiled.get("fps_estimate")
         if record["role"] == "instance":
             post = record["postprocess"]
@@ -181,9 +177,9 @@ def build_bundle(
             excluded[name] = "; ".join(gate["messages"]) or "failed the accuracy gate"
             continue
         compiled = read_json_if_present(hailo_dir / name / "compile.json")
-        files = {"onnx_fp32": Path(record["path"]), "onnx_int8": quant_dir / name / "model_int8.onnx"}
+        files = {ONNX_FP32.gate: Path(record["path"]), ONNX_INT8.gate: quant_dir / name / ONNX_INT8.stage_file}
         if compiled and compiled.get("built"):
-            files["hailo_emulation"] = hailo_dir / name / "model.hef"
+            files[HEF.gate] = hailo_dir / name / HEF.stage_file
             built = {key: compiled.get(key) for key in hailo}
             if hailo["hw_arch"] is not None and built != hailo:
                 raise StageError(f"{name}: HEF built with {built}, other HEFs with {hailo}: rebuild them together")
@@ -197,7 +193,7 @@ def build_bundle(
         shutil.rmtree(staging)
         raise StageError("no model passed the accuracy gate: nothing to bundle (" +
                          "; ".join(f"{name}: {why}" for name, why in excluded.items()) + ")")
-    if not any(entry["format"] == "hef" for entry in entries):
+    if not any(entry["format"] == HEF.manifest for entry in entries):
         hailo = {"hw_arch": None, "dfc_version": None, "hailort_version": None}
     manifest_dict = {
         "format_version": manifest_schema.FORMAT_VERSION,

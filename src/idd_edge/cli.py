@@ -25,7 +25,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.yolo.train",
     "idd_edge.yolo.export",
     "idd_edge.seg.train",
-    "idd_edge.seg.teacher_cache",
+    "idd_edge.seg.teacher_logits",
     "idd_edge.seg.evaluate",
     "idd_edge.seg.compare",
     "idd_edge.export.onnx_export",

@@ -28,6 +28,8 @@ ENCODINGS: tuple[str, ...] = ("id", "csId", "csTrainId", "level4Id", "level3Id",
 
 #: Training label spaces: name -> the encoding whose values are the contiguous train ids.
 LEVEL_ENCODING: dict[str, str] = {"level1": "level1Id", "level2": "level2Id", "level3": "level3Id"}
+#: Folder of a level's split under `data/splits/` (the IDD toolkit's dataset names).
+LEVEL_DIR_NAME: dict[str, str] = {level: f"IDDL{level.removeprefix('level')}" for level in LEVEL_ENCODING}
 
 
 @dataclass(frozen=True)

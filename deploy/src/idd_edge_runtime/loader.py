@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from idd_edge_runtime import hailo
 from idd_edge_runtime.backends import BackendError, open_session
+from idd_edge_runtime.formats import HEF, MODEL_FORMATS
 from idd_edge_runtime.instance import InstanceModel
 from idd_edge_runtime.manifest import (
     CompatibilityError,
@@ -31,7 +32,7 @@ from idd_edge_runtime.semantic import SemanticModel
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "hailo", "onnx")
-_CPU_FORMAT_ORDER = ("onnx-int8", "onnx")
+_CPU_FORMAT_ORDER = tuple(fmt.manifest for fmt in MODEL_FORMATS if fmt is not HEF)  # int8 first
 
 
 @dataclass
@@ -118,7 +119,7 @@ def load_runtime(
 
 
 def _candidates(entries: List[ModelEntry], device: Optional[hailo.HailoDevice]) -> List[ModelEntry]:
-    order = (("hef",) if device is not None else ()) + _CPU_FORMAT_ORDER
+    order = ((HEF.manifest,) if device is not None else ()) + _CPU_FORMAT_ORDER
     return sorted((e for e in entries if e.format in order), key=lambda e: order.index(e.format))
 
 

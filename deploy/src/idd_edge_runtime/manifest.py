@@ -61,13 +61,15 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from idd_edge_runtime.formats import BY_MANIFEST_NAME, HEF
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODELS_DIR = "models"
 RUNTIME_DIR = "runtime"
 
 ROLES = ("semantic", "instance")
-FORMATS = ("hef", "onnx", "onnx-int8")
+FORMATS = tuple(sorted(BY_MANIFEST_NAME))  # ("hef", "onnx", "onnx-int8")
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "uint8")
 SEMANTIC_OUTPUT_KINDS = ("logits", "argmax")
@@ -152,7 +154,7 @@ class ModelEntry:
 
     @property
     def is_hef(self) -> bool:
-        return self.format == "hef"
+        return self.format == HEF.manifest
 
     @property
     def label(self) -> str:
@@ -423,7 +425,7 @@ def _parse_input(reader: _Reader, fmt: Optional[str]) -> InputSpec:
         if not _three_numbers(mean) or not _three_numbers(std) or min(std) <= 0:
             raise reader.fail("normalization", "needs mean and std as three numbers each (RGB, 0-255 scale), std > 0")
         normalization = Normalization(tuple(float(v) for v in mean), tuple(float(v) for v in std))  # type: ignore[arg-type]
-    if fmt == "hef":
+    if fmt == HEF.manifest:
         if layout != "NHWC" or dtype != "uint8":
             raise reader.fail("layout", f"a HEF takes NHWC uint8 input, manifest says {layout} {dtype}")
         if normalization is not None:

@@ -41,12 +41,12 @@ from idd_edge.data.annotation import REASONS, AnnotationError, parse_annotation
 from idd_edge.data.panoptic import coco_document, panoptic_image
 from idd_edge.data.rasterize import rasterize
 from idd_edge.errors import InputError, StageError
+from idd_edge.images import LEFTIMG8BIT_SUFFIXES, find_leftimg8bit, leftimg8bit_suffix
 from idd_edge.labels import ENCODINGS
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_SUFFIX = "_gtFine_polygons.json"
-IMAGE_SUFFIXES = ("_leftImg8bit.png", "_leftImg8bit.jpg")
 OUTPUT_KINDS = ("semantic", "instance", "color", "panoptic")
 class StrictModeError(StageError):
     """Strict mode and the conversion found problems (everything else was still converted)."""
@@ -125,14 +125,8 @@ def discover(root: Path) -> tuple[list[Job], list[dict[str, str]]]:
     jobs = []
     for path in annotations:
         split, drive, image_id = path.parent.parent.name, path.parent.name, path.name[: -len(ANNOTATION_SUFFIX)]
-        image = next(
-            (
-                f"leftImg8bit/{split}/{drive}/{image_id}{suffix}"
-                for suffix in IMAGE_SUFFIXES
-                if (root / "leftImg8bit" / split / drive / f"{image_id}{suffix}").is_file()
-            ),
-            None,
-        )
+        found = find_leftimg8bit(root / "leftImg8bit" / split / drive, image_id)
+        image = found.relative_to(root).as_posix() if found else None
         jobs.append(Job(root, split, drive, image_id, image))
 
     # Only splits with annotations are checked: the real IDD test split ships images without polygons.
@@ -140,7 +134,7 @@ def discover(root: Path) -> tuple[list[Job], list[dict[str, str]]]:
     findings = []
     for split in sorted({job.split for job in jobs}):
         for image in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.*")):
-            suffix = next((s for s in IMAGE_SUFFIXES if image.name.endswith(s)), None)
+            suffix = leftimg8bit_suffix(image.name)
             if suffix and (split, image.parent.name, image.name[: -len(suffix)]) not in annotated:
                 relative = image.relative_to(root).as_posix()
                 findings.append(_finding(relative, "missing_annotation", f"no gtFine/{split}/{image.parent.name}/"
@@ -218,7 +212,7 @@ def _convert_file(job: Job, options: ConvertOptions) -> FileResult:
         panoptic = panoptic_image(masks.instance_canvas, masks.instance_objects, options.encoding)
         atomic.write_png(outputs["panoptic"], panoptic.rgb, row_filters=False)
         image_key = f"{job.drive}_{job.image_id}"
-        image_name = (job.image or f"leftImg8bit/{job.split}/{job.drive}/{job.image_id}{IMAGE_SUFFIXES[0]}")
+        image_name = (job.image or f"leftImg8bit/{job.split}/{job.drive}/{job.image_id}{LEFTIMG8BIT_SUFFIXES[0]}")
         result.panoptic = (
             {"id": image_key, "width": size[0], "height": size[1],
              "file_name": image_name.split("/", 2)[2]},  # relative to leftImg8bit/<split>/

@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from idd_edge import atomic, labels
 from idd_edge.errors import InputError
+from idd_edge.images import leftimg8bit_suffix
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = ("_leftImg8bit.png", "_leftImg8bit.jpg")
 
 
 @dataclass
@@ -60,9 +60,9 @@ def _images_by_stem(image_root: Path, split: str) -> dict[str, Path]:
     if not split_dir.is_dir():
         return found
     for path in sorted(split_dir.glob("*/*_leftImg8bit.*")):
-        for suffix in IMAGE_SUFFIXES:
-            if path.name.endswith(suffix):
-                found[f"{path.parent.name}_{path.name[: -len(suffix)]}"] = path
+        suffix = leftimg8bit_suffix(path.name)
+        if suffix:
+            found[f"{path.parent.name}_{path.name[: -len(suffix)]}"] = path
     return found
 
 
@@ -86,7 +86,7 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
     if not (converted_root / "gtFine").is_dir():
         raise InputError(converted_root, "no gtFine/ folder: run `idd-edge convert` first")
 
-    dataset_name = f"IDDL{level.removeprefix('level')}"
+    dataset_name = labels.LEVEL_DIR_NAME[level]
     summary = SplitSummary(level=level, dataset_dir=str(out_root / dataset_name))
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_root, prefix=".staging-"))

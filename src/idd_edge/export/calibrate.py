@@ -27,13 +27,13 @@ from tqdm import tqdm
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
+from idd_edge.images import is_image
 from idd_edge.labels import LEVEL_CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
 #: The DFC's recommended calibration size (fewer images and no GPU: optimization level 0).
 DFC_RECOMMENDED_IMAGES = 1024
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: Turns one RGB uint8 image into the (H, W, 3) float32 0-255 array the model input expects.
 Preprocess = Callable[[np.ndarray], np.ndarray]
@@ -53,7 +53,7 @@ def list_samples(split_dir: Path, require_masks: bool = True) -> list[Sample]:
         raise InputError(image_dir, "image directory not found; run the split stage first")
     samples = []
     for image in sorted(image_dir.iterdir()):
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image(image):
             continue
         mask = mask_dir / f"{image.stem}.png"
         if not mask.is_file():

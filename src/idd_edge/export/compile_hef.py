@@ -36,21 +36,23 @@ import numpy as np
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
-from idd_edge_runtime.manifest import sha256_file
+from idd_edge_runtime.formats import HEF, ONNX_FP32
+from idd_edge_runtime.manifest import DFC_TO_HAILORT, HW_ARCHES, sha256_file
 
 log = logging.getLogger(__name__)
 
 DFC_MODULE = "hailo_sdk_client"
-HW_ARCHES = ("hailo8", "hailo8l")
+# The DFC/HailoRT pairs and hw_arch names are the runtime's (its manifest checks them on the device).
+NEWEST_DFC = max(DFC_TO_HAILORT, key=lambda version: tuple(int(part) for part in version.split(".")))
 INSTALL_HINT = (
     "the Hailo Dataflow Compiler (DFC, Python package hailo_sdk_client) is not installed. It is not on PyPI: "
-    "download hailo_dataflow_compiler-3.33.0-py3-none-linux_x86_64.whl (the newest DFC for Hailo-8/8L, pairs "
-    "with HailoRT 4.23) from the Hailo Developer Zone (free registration), `pip install` it into this "
+    f"download hailo_dataflow_compiler-{NEWEST_DFC}.0-py3-none-linux_x86_64.whl (the newest DFC for Hailo-8/8L, "
+    f"pairs with HailoRT {DFC_TO_HAILORT[NEWEST_DFC]}) from the Hailo Developer Zone (free registration), `pip install` it into this "
     "environment (x86_64 Linux, Ubuntu 22.04/24.04, Python 3.10-3.12, 16 GB RAM; a GPU is optional), then "
     "run `dvc repro --force compile_hef` (DVC does not notice a newly installed DFC)"
 )
-#: DFC major.minor -> the HailoRT major.minor its HEFs need (Hailo's compatibility table, DFC 3.x).
-DFC_TO_HAILORT = {"3.27": "4.17", "3.28": "4.18", "3.29": "4.19", "3.31": "4.21", "3.32": "4.22", "3.33": "4.23"}
+#: Hailo archives the compile stage keeps next to the HEF, by DFC step.
+HAR_FILES = {"parsed": "parsed.har", "optimized": "optimized.har", "compiled": "compiled.har"}
 
 
 @dataclass(frozen=True)
@@ -205,10 +207,10 @@ def compile_model(
     except Exception as exc:  # noqa: BLE001 - any DFC failure ends the stage with the log's location
         raise StageError(f"{target.name}: the Hailo DFC failed ({type(exc).__name__}: {exc}); "
                          f"full log: {staging / 'compile.log'}") from exc
-    atomic.write_bytes(staging / "model.hef", hef)
+    atomic.write_bytes(staging / HEF.stage_file, hef)
     record.update(parse_compile_log((staging / "compile.log").read_text(encoding="utf-8", errors="replace")))
-    record.update({"built": True, "hef": "model.hef", "hef_bytes": len(hef), "hef_sha256": sha256_file(staging / "model.hef"),
-                   "har": {"parsed": "parsed.har", "optimized": "optimized.har", "compiled": "compiled.har"},
+    record.update({"built": True, "hef": HEF.stage_file, "hef_bytes": len(hef),
+                   "hef_sha256": sha256_file(staging / HEF.stage_file), "har": dict(HAR_FILES),
                    "log": "compile.log"})
     atomic.write_json(staging / "compile.json", record)
     atomic.replace_dir(staging, out_dir)
@@ -224,16 +226,16 @@ def _run_dfc(sdk: Any, target: ModelTarget, settings: HailoSettings, script: str
         str(target.onnx_path), target.name, start_node_names=list(target.start_nodes),
         end_node_names=list(target.end_nodes), net_input_shapes={target.start_nodes[0]: [1, 3, height, width]},
     )
-    runner.save_har(str(staging / "parsed.har"))
+    runner.save_har(str(staging / HAR_FILES["parsed"]))
     runner.load_model_script(script)
     runner.optimize(np.ascontiguousarray(calibration))
-    runner.save_har(str(staging / "optimized.har"))
+    runner.save_har(str(staging / HAR_FILES["optimized"]))
     record["emulation"] = None
     if evaluate is not None:
         with runner.infer_context(sdk.InferenceContext.SDK_QUANTIZED) as context:
             record["emulation"] = evaluate(lambda batch: runner.infer(context, batch))
     hef = runner.compile()
-    runner.save_har(str(staging / "compiled.har"))
+    runner.save_har(str(staging / HAR_FILES["compiled"]))
     return hef
 
 
@@ -367,6 +369,6 @@ def yolo_emulation_scorer(record: Mapping[str, Any], data_yaml: Path, max_images
         emulation = evaluate_yolo.evaluate_yolo(infer, split, size_hw, "hailo", max_images, f"{record['name']} emulation")
         fp32 = evaluate_yolo.onnx_predictor(onnx_session(record["path"]))
         baseline = evaluate_yolo.evaluate_yolo(fp32, split, size_hw, "onnx", max_images, f"{record['name']} ONNX fp32")
-        return {**emulation, "baseline": {"format": "onnx_fp32", **baseline}}
+        return {**emulation, "baseline": {"format": ONNX_FP32.gate, **baseline}}
 
     return score

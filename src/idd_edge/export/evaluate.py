@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from idd_edge.errors import InputError
 from idd_edge.export.onnx_io import labels_from_output, run_single
-from idd_edge.export.preprocessing import resize_mask
 from idd_edge.export.quantize import to_model_input
 from idd_edge.seg.metrics import segmentation_scores, update_confusion
 
@@ -68,6 +67,8 @@ def evaluate_semantic(
     """mIoU, pixel accuracy and per-class IoU of `predict` on a validation `IDDSegDataset` (its reading,
     mask encoding and resize: at input resolution, masks resized nearest, void kept), plus per-class
     ground-truth pixel counts."""
+    from idd_edge.seg.data import resize_mask
+
     count = len(dataset) if not max_images else min(len(dataset), int(max_images))
     if not count:
         raise InputError(getattr(dataset, "split_dir", None), "no validation image/mask pairs")

@@ -37,13 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 from idd_edge.errors import InputError
+from idd_edge.images import is_image
 
 #: Ultralytics' validation defaults (`default.yaml`: conf is None -> 0.001 in val, iou 0.7, max_det 300).
 VAL_CONF = 0.001
 VAL_IOU = 0.7
 VAL_MAX_DET = 300
 #: Image files listed (Ultralytics reads these and more; the bridge links .png / .jpg frames).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Ultralytics' dataset resamples every label polygon to this many points before rasterising it.
 RESAMPLED_POINTS = 1000
 LAYOUTS = ("onnx", "hailo")
@@ -119,7 +119,7 @@ def load_val_split(data_yaml: Path, split: str = "val") -> YoloValSplit:
         folder = root / str(entry)
         if not folder.is_dir():
             raise InputError(data_yaml, f"{split} entry {entry!r}: {folder} is not a directory")
-        images += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images += sorted(p for p in folder.rglob("*") if is_image(p))
     if not images:
         raise InputError(data_yaml, f"no {split} images under {', '.join(str(root / str(e)) for e in entries)}")
     max_labels = max((_count_lines(label_path(image)) for image in images), default=0)

@@ -32,14 +32,15 @@ from typing import Any
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.jsonfile import read_json_if_present
+from idd_edge_runtime.formats import HEF, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "pytorch_fp32"
 VALIDATOR = "Ultralytics validator (prototype-resolution masks)"
-FORMATS = ("onnx_fp32", "onnx_int8", "hailo_emulation")
-FORMAT_TITLES = {"pytorch_fp32": "PyTorch fp32", "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8 (QDQ)",
-                 "hailo_emulation": "Hailo emulation (SDK_QUANTIZED)"}
+FORMATS = (ONNX_FP32.gate, ONNX_INT8.gate, HEF.gate)
+FORMAT_TITLES = {REFERENCE: "PyTorch fp32", ONNX_FP32.gate: "ONNX fp32", ONNX_INT8.gate: "ONNX int8 (QDQ)",
+                 HEF.gate: "Hailo emulation (SDK_QUANTIZED)"}
 
 
 @dataclass(frozen=True)
@@ -338,20 +339,20 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
         raise InputError(weights, f"changed since {name} was exported: re-run `idd-edge export --run {name}`")
     model, _info = load_trained(Path(record["run_dir"]))
     evaluations: dict[str, Any] = {REFERENCE: score(evaluate.torch_predictor(model, mean, std), REFERENCE)}
-    evaluations["onnx_fp32"] = score(evaluate.onnx_predictor(onnx_session(record["path"]), mean, std), "onnx_fp32")
+    evaluations[ONNX_FP32.gate] = score(evaluate.onnx_predictor(onnx_session(record["path"]), mean, std), ONNX_FP32.gate)
     not_evaluated: dict[str, str] = {}
-    int8_path = quant_dir / name / "model_int8.onnx"
+    int8_path = quant_dir / name / ONNX_INT8.stage_file
     if int8_path.is_file():
-        evaluations["onnx_int8"] = score(evaluate.onnx_predictor(onnx_session(int8_path), mean, std), "onnx_int8")
+        evaluations[ONNX_INT8.gate] = score(evaluate.onnx_predictor(onnx_session(int8_path), mean, std), ONNX_INT8.gate)
     else:
-        not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
+        not_evaluated[ONNX_INT8.gate] = f"{int8_path} not found (run `idd-edge quantize`)"
     compiled = read_json_if_present(hailo_dir / name / "compile.json")
     if compiled and compiled.get("built") and compiled.get("emulation"):
-        evaluations["hailo_emulation"] = semantic_scores(compiled["emulation"])
+        evaluations[HEF.gate] = semantic_scores(compiled["emulation"])
     elif compiled and compiled.get("built"):
-        not_evaluated["hailo_emulation"] = "HEF built but its emulation was not scored"
+        not_evaluated[HEF.gate] = "HEF built but its emulation was not scored"
     else:
-        not_evaluated["hailo_emulation"] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+        not_evaluated[HEF.gate] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
     return gate_model(name, evaluations, thresholds, not_evaluated)
 
 
@@ -370,12 +371,12 @@ def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, qu
     not_evaluated: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="yolo-gate-") as tmp:
         evaluations: dict[str, Any] = {REFERENCE: yolo_scores(weights, data_yaml, imgsz, Path(tmp)),
-                                       "onnx_fp32": yolo_scores(Path(record["path"]), data_yaml, imgsz, Path(tmp))}
-        int8_path = quant_dir / name / "model_int8.onnx"
+                                       ONNX_FP32.gate: yolo_scores(Path(record["path"]), data_yaml, imgsz, Path(tmp))}
+        int8_path = quant_dir / name / ONNX_INT8.stage_file
         if int8_path.is_file():
-            evaluations["onnx_int8"] = yolo_scores(int8_path, data_yaml, imgsz, Path(tmp))
+            evaluations[ONNX_INT8.gate] = yolo_scores(int8_path, data_yaml, imgsz, Path(tmp))
         else:
-            not_evaluated["onnx_int8"] = f"{int8_path} not found (run `idd-edge quantize`)"
+            not_evaluated[ONNX_INT8.gate] = f"{int8_path} not found (run `idd-edge quantize`)"
     compile_json = hailo_dir / name / "compile.json"
     compiled = read_json_if_present(compile_json)
     baselines: dict[str, Any] = {}
@@ -384,12 +385,12 @@ def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, qu
         if not emulation.get("baseline"):
             raise InputError(compile_json, "YOLO emulation scores without their ONNX fp32 baseline (same scorer); "
                                            "re-run `idd-edge compile-hef`")
-        evaluations["hailo_emulation"] = emulation
-        baselines["hailo_emulation"] = emulation["baseline"]
+        evaluations[HEF.gate] = emulation
+        baselines[HEF.gate] = emulation["baseline"]
     elif compiled and compiled.get("built"):
-        not_evaluated["hailo_emulation"] = "HEF built but its emulation was not scored"
+        not_evaluated[HEF.gate] = "HEF built but its emulation was not scored"
     else:
-        not_evaluated["hailo_emulation"] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+        not_evaluated[HEF.gate] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
     return gate_model(name, evaluations, thresholds, not_evaluated, baselines)
 
 

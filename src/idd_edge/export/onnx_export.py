@@ -25,6 +25,7 @@ import numpy as np
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.export.onnx_io import labels_from_output, onnx_session, run_single
+from idd_edge_runtime.formats import ONNX_FP32
 from idd_edge_runtime.manifest import sha256_file
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def export_model(
     hailo_compat_mode: str = "error",
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export one semantic model to `out_dir/model.onnx` and record `out_dir/export.json`.
+    """Export one semantic model to `out_dir/model.onnx` (`ONNX_FP32.stage_file`) and record `out_dir/export.json`.
 
     Fails (StageError) when ONNX Runtime agrees with PyTorch on fewer than `min_argmax_agreement` of
     the parity pixels, or (in compat mode "error") when the graph has known Hailo blockers.
@@ -188,7 +189,7 @@ def export_model(
     if parity.argmax_agreement < min_argmax_agreement:
         raise StageError(f"{name}: ONNX Runtime argmax agrees with PyTorch on {parity.argmax_agreement:.4%} of "
                          f"pixels, below the required {min_argmax_agreement:.4%}")
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / ONNX_FP32.stage_file
     atomic.write_bytes(onnx_path, final.SerializeToString())
     output = final.graph.output[0]
     record = {
@@ -264,7 +265,7 @@ def adopt_yolo_export(yolo_dir: Path, out_dir: Path, name: str, hailo_compat_mod
     model = onnx.load(str(yolo_dir / ONNX_NAME))
     end_nodes = list(sidecar["hailo_end_nodes"])
     findings = compat_findings(model, name, hailo_compat_mode, end_nodes)
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / ONNX_FP32.stage_file
     atomic.write_bytes(onnx_path, model.SerializeToString())
     record = {
         "name": name,

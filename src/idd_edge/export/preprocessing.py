@@ -52,28 +52,13 @@ def calibration_key(record: Mapping[str, Any]) -> str:
 
 
 def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Semantic preprocessing: the frame resized to the input size exactly as the training validation
-    transform does it (torchvision `Resize`, antialiased, on uint8; see `idd_edge.seg.data`), as float32
-    0-255. `tests/test_gate.py` checks that normalising this equals the training dataset's output."""
-    import torch
-    from torchvision.transforms import v2
+    """Semantic preprocessing: the frame resized to the input size by the device runtime's own function
+    (`idd_edge_runtime.preprocess.resize_semantic`, which the training validation transform uses too), as
+    float32 0-255. `tests/test_preprocessing_parity.py` checks device, gate and validation inputs agree."""
+    from idd_edge_runtime.preprocess import resize_semantic
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if tuple(tensor.shape[1:]) != tuple(size_hw):
-        tensor = v2.Resize(list(size_hw), antialias=True)(tensor)
-    return tensor.permute(1, 2, 0).numpy().astype(np.float32)
-
-
-def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """A label mask resized to the input size as the training validation transform does (nearest)."""
-    import torch
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
-
-    if mask.shape == tuple(size_hw):
-        return mask
-    resized = v2.Resize(list(size_hw), antialias=True)(tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))))
-    return resized.as_subclass(torch.Tensor).numpy()
+    height, width = size_hw
+    return resize_semantic(np.ascontiguousarray(image), width, height).astype(np.float32)
 
 
 def letterbox_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

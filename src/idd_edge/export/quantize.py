@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
+from idd_edge_runtime.formats import ONNX_INT8
 from idd_edge_runtime.manifest import sha256_file
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         normalization = record["normalization"]
         log.info("%s: quantizing with %d calibration images", record["name"], len(calibration))
         summary = quantize_model(
-            Path(record["path"]), calibration, out_dir / "model_int8.onnx",
+            Path(record["path"]), calibration, out_dir / ONNX_INT8.stage_file,
             mean=normalization["mean"], std=normalization["std"], end_nodes=record["hailo"]["end_nodes"],
             per_channel=bool(cfg["per_channel"]), activation_type=cfg["activation_type"],
             weight_type=cfg["weight_type"], calibrate_method=cfg["calibrate_method"],

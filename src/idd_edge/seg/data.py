@@ -1,9 +1,11 @@
 """`IDDSegDataset`: image/mask pairs of `data/splits/<IDDLx>/<split>/{images,masks}` for training.
 
 As the seed (report section 5): ImageNet normalisation; training = random resized crop to the training
-size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The crop
-and flip are drawn explicitly (`Augment.sample`) so that cached teacher logits (`teacher_cache.py`) can
-be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
+size, horizontal flip, colour jitter; validation = resize to the training size; void = 255. The validation
+resize of the image is the device runtime's (`idd_edge_runtime.preprocess.resize_semantic`), so validation
+scores, the accuracy gate and the device see the same pixels; masks are resized nearest. The crop
+and flip are drawn explicitly (`augment.py`: `Augment.sample`) so that cached teacher logits
+(`logit_cache.py`) can be cut to the very region the image was cut to: with a cache the dataset yields (image, mask, logits). Masks are
 read in "automatic" mode: a mask whose values are all train ids of the level (or void) is used as is,
 otherwise it is taken as raw IDD label ids (0-39) and remapped with `labels.level_lut("id", level)`.
 The choice is per mask; a raw-id mask that happens to hold only values below the class count is
@@ -16,7 +18,6 @@ size mismatch between image and mask, values outside the label space.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,16 +27,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from idd_edge.errors import InputError
+from idd_edge.images import IMAGE_SUFFIXES, is_image
 from idd_edge.labels import VOID, level_lut, num_classes
+from idd_edge.seg.augment import Augment
+from idd_edge_runtime.preprocess import resize_semantic
 
 if TYPE_CHECKING:
-    from idd_edge.seg.teacher_cache import TeacherLogits
+    from idd_edge.seg.logit_cache import TeacherLogits
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_MODES = ("auto", "train_id", "id")
 NUM_IDD_IDS = 40  # official label ids 0-39 (labels.LABELS)
 
@@ -54,57 +57,6 @@ class SampleError(InputError):
         super().__init__(path, problem)
 
 
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation of the seed: random resized crop, horizontal flip, colour jitter."""
-
-    scale: tuple[float, float] = (0.25, 1.0)  # crop area as a share of the image
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    hflip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> Augment:
-        return cls(
-            scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), hflip=float(cfg["hflip"]),
-            brightness=float(cfg["brightness"]), contrast=float(cfg["contrast"]),
-            saturation=float(cfg["saturation"]), hue=float(cfg["hue"]),
-        )
-
-    def sample(self, image: torch.Tensor) -> Crop:
-        """Draw the crop box (torchvision's RandomResizedCrop sampling) and the flip for a (C, H, W) image."""
-        from torchvision.transforms import v2
-
-        top, left, height, width = v2.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
-        return Crop(int(top), int(left), int(height), int(width), bool(torch.rand(()) < self.hflip))
-
-
-@dataclass(frozen=True)
-class Crop:
-    """A random resized crop: the box in source-image pixels, and whether the result is mirrored."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-    flip: bool
-
-    def apply(self, image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cut, resize (bilinear with antialiasing for the image, nearest for the mask) and mirror."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-
-        box = (self.top, self.left, self.height, self.width)
-        image = TF.resized_crop(image, *box, list(size), antialias=True)
-        mask = TF.resized_crop(mask[None], *box, list(size), interpolation=InterpolationMode.NEAREST)[0]
-        if self.flip:
-            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
-        return image, mask
-
-
 def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
     """(image, mask) pairs of `split_dir/{images,masks}` matched by file stem, sorted by stem."""
     image_dir, mask_dir = split_dir / "images", split_dir / "masks"
@@ -113,7 +65,7 @@ def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
             raise InputError(folder, "folder not found; run the `split` stage (idd-edge split) first")
     images: dict[str, Path] = {}
     for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image(path):
             continue
         if path.stem in images:
             raise InputError(path, f"two images with stem {path.stem!r} ({images[path.stem].name})")
@@ -126,7 +78,7 @@ def find_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
         if stem not in images:
             raise InputError(mask, f"no image {stem}.<png|jpg> in {image_dir} for this mask")
     if not images:
-        raise InputError(image_dir, "no images (.png/.jpg) found")
+        raise InputError(image_dir, f"no images ({'/'.join(IMAGE_SUFFIXES)}) found")
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -175,7 +127,7 @@ class IDDSegDataset(Dataset):
         size: (H, W) output size: the training crop and the validation resize.
         augment: training augmentation, or None for validation (plain resize).
         mask_mode: `auto`, `train_id` or `id` (see module docstring).
-        teacher_logits: cached teacher logits of this split (`teacher_cache.TeacherLogits`), training only.
+        teacher_logits: cached teacher logits of this split (`logit_cache.TeacherLogits`), training only.
     """
 
     def __init__(self, split_dir: Path, level: str, size: tuple[int, int], augment: Augment | None = None,
@@ -190,7 +142,7 @@ class IDDSegDataset(Dataset):
         self.teacher_logits = teacher_logits
         if teacher_logits is not None:
             teacher_logits.check_covers(self.stems)
-        self.transform = build_transform(self.size, augment)
+        self.transform = build_transform(augment)
 
     @property
     def stems(self) -> list[str]:
@@ -222,10 +174,11 @@ class IDDSegDataset(Dataset):
         from torchvision import tv_tensors
 
         image, mask = self.load(index)
-        image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         if self.augment is None:
-            image_t, mask_t = self.transform(image_t, mask_t)
-            return image_t.as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long()
+            image = resize_semantic(image, self.size[1], self.size[0])
+            image_t = self.transform(image_tensor(np.ascontiguousarray(image)))
+            return image_t.as_subclass(torch.Tensor), torch.from_numpy(resize_mask(mask, self.size)).long()
+        image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         crop = self.augment.sample(image_t)
         image_t, mask_t = crop.apply(image_t, mask_t, self.size)
         sample = (self.transform(image_t).as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long())
@@ -241,16 +194,25 @@ def image_tensor(image: np.ndarray) -> Any:
     return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
 
 
-def build_transform(size: tuple[int, int], augment: Augment | None) -> Any:
-    """torchvision v2 pipeline. Validation (`augment` None): resize image and mask jointly (masks nearest),
-    normalise the image. Training: the photometric part only, for the image after `Crop.apply` (colour
-    jitter, normalisation); the geometric part is `Augment.sample` + `Crop.apply`."""
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A label mask resized to `size_hw` (H, W) nearest (torchvision's), as the validation transform does."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    if augment is None:
-        steps: list[Any] = [v2.Resize(size, antialias=True)]
-    else:
+    if mask.shape == tuple(size_hw):
+        return mask
+    resized = v2.Resize(list(size_hw))(tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))))
+    return resized.as_subclass(torch.Tensor).numpy()
+
+
+def build_transform(augment: Augment | None) -> Any:
+    """torchvision v2 pipeline of the image after its resize (validation: `resize_semantic`; training:
+    `Crop.apply`): colour jitter when training, then ImageNet normalisation."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    steps: list[Any] = []
+    if augment is not None:
         steps = [v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)]
     steps += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),

@@ -1,7 +1,7 @@
 """The Lightning module of all three training roles: teacher, baseline student, logit-KD student.
 
 One module, the role decides the loss: plain masked CE (teacher, baseline) or CE + alpha * KL against a
-frozen teacher (kd), run on each batch or read from its cached logits (`teacher_cache.py`). The teacher is not a registered submodule: it stays out of checkpoints, out of DDP
+frozen teacher (kd), run on each batch or read from its cached logits (`logit_cache.py`). The teacher is not a registered submodule: it stays out of checkpoints, out of DDP
 and in eval mode (Lightning's `model.train()` per epoch would otherwise switch its BatchNorm back), and
 runs under `torch.no_grad()` in channels_last. Validation accumulates a confusion matrix on the device
 and reduces it across processes, so val mIoU is exact under DDP (up to the sampler's padding).
@@ -109,7 +109,7 @@ def compute_losses(
 class SegmentationTask(L.LightningModule):
     """Trains `model` on masked CE, or on the KD loss when `kd` settings are given: against a `teacher`
     run on every batch (online), or, without one, against cached teacher logits that every training
-    batch carries as its third element (`teacher_cache.py`).
+    batch carries as its third element (`logit_cache.py`).
 
     Args:
         model: the network to train (teacher or student).

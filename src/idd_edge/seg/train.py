@@ -128,7 +128,7 @@ class TrainJob:
         if self.teacher_dir is not None:
             spec["teacher_weights"] = _sha256(self.teacher_dir / WEIGHTS_NAME)
         if self.teacher_logits is not None:
-            from idd_edge.seg.teacher_cache import INDEX_NAME
+            from idd_edge.seg.logit_cache import INDEX_NAME
 
             spec["teacher_logits_index"] = _sha256(self.teacher_logits / INDEX_NAME)
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
@@ -194,7 +194,7 @@ def load_teacher(teacher_dir: Path, job: TrainJob) -> Any:
 def open_teacher_logits(job: TrainJob) -> Any:
     """The teacher-logit cache of a KD run, checked against the current teacher and label level."""
     from idd_edge.labels import LEVEL_CLASS_NAMES
-    from idd_edge.seg.teacher_cache import TeacherLogits
+    from idd_edge.seg.logit_cache import TeacherLogits
     from idd_edge.seg.trained import WEIGHTS_NAME
 
     cache = TeacherLogits(job.teacher_logits)

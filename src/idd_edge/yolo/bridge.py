@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 from idd_edge import atomic, config, labels
 from idd_edge.errors import InputError, StageError
+from idd_edge.images import find_leftimg8bit
 from idd_edge.yolo import polygons
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg")
 #: Instance values are class * 1000 + k; anything below is a plain class (stuff, group, crowd).
 INSTANCE_OFFSET = 1000
 
@@ -188,7 +188,7 @@ def _split_tasks(
     tasks = []
     for png in pngs:
         drive, image_id = png.parent.name, png.name[: -len(suffix)]
-        image = _find_image(images_root / "leftImg8bit" / split / drive, image_id)
+        image = find_leftimg8bit(images_root / "leftImg8bit" / split / drive, image_id)
         name = f"{drive}_{image_id}"
         ext = image.suffix if image else ".png"
         tasks.append(
@@ -200,14 +200,6 @@ def _split_tasks(
             )
         )
     return tasks
-
-
-def _find_image(drive_dir: Path, image_id: str) -> Path | None:
-    for ext in IMAGE_SUFFIXES:
-        candidate = drive_dir / f"{image_id}_leftImg8bit{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _run(tasks: list[_Task], workers: int) -> list[ImageResult]:

@@ -1,4 +1,5 @@
-"""Teacher-logit cache: resampling, crop geometry, what the stage writes, and refusing stale caches."""
+"""Teacher-logit cache (`seg/logit_cache.py`, stage `seg/teacher_logits.py`): resampling, crop geometry,
+what the stage writes, and refusing stale caches."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from idd_edge import cli, config
 from idd_edge.errors import InputError
 from idd_edge.labels import LEVEL_CLASS_NAMES
-from idd_edge.seg.data import Augment, Crop, IDDSegDataset, build_transform, collate, image_tensor, read_image
+from idd_edge.seg.augment import Augment, Crop
+from idd_edge.seg.data import IDDSegDataset, build_transform, collate, image_tensor, read_image
+from idd_edge.seg.logit_cache import INDEX_NAME, LOGITS_NAME, TeacherLogits, resample_weights, write_index
 from idd_edge.seg.models import build_model
-from idd_edge.seg.teacher_cache import (
-    INDEX_NAME, LOGITS_NAME, CacheSettings, TeacherLogits, resample_weights, write_index,
-)
+from idd_edge.seg.teacher_logits import CacheSettings
 from idd_edge.seg.trained import load_trained, save_trained
 from tests.test_seg_data import make_band_split
 
@@ -124,11 +126,12 @@ def test_the_stage_caches_the_teachers_logits_of_every_training_image(tmp_path):
     stems = sorted(path.stem for path in (split_root / "IDDL2" / "train" / "images").iterdir())
     assert cache.index["stems"] == stems and cache.index["image_sizes"] == [list(IMAGE_HW)] * 5
     assert cache.array.shape == (5, 16, 32, 48) and cache.array.dtype == np.float16
-    # Row 3 is the teacher's output for image 3 resized to 64x96, at half resolution.
+    # Row 3 is the teacher's output for image 3 resized to 64x96 as training crops are, at half resolution.
     teacher, _info = load_trained(tmp_path / "seg" / "teacher", input_size=(64, 96))
     image = read_image(split_root / "IDDL2" / "train" / "images" / f"{stems[3]}.png")
     with torch.no_grad():
-        expected = teacher(build_transform((64, 96), None)(image_tensor(image))[None])
+        resized = TF.resize(image_tensor(image), [64, 96], antialias=True)
+        expected = teacher(build_transform(None)(resized)[None])
     expected = F.interpolate(expected, size=(32, 48), mode="area")[0]
     assert np.abs(cache.array[3].astype(np.float32) - expected.numpy()).max() < 0.01 * float(expected.abs().max()) + 1e-3
     metrics = json.loads((tmp_path / "cache" / "metrics.json").read_text())
