@@ -282,12 +282,13 @@ def test_two_process_cpu_ddp_smoke_run(band_split, tmp_path):
 
 
 def test_label_level_selects_the_split_folder_and_class_count(band_split, tmp_path):
-    job = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "label_level=level3"), "kd",
-                                    "mnv4l_deeplabv3plus", "test")
+    params = shrunk_params(band_split, tmp_path, "label_level=level3")
+    job = seg_train.job_from_params(params, "kd", "mnv4l_deeplabv3plus", "test")
     assert job.split_dir == band_split / "IDDL3" and job.label_level == "level3"
     assert job.teacher_dir == tmp_path / "teacher" and job.run == "kd_mnv4l_deeplabv3plus"
-    assert job.kd == {"temperature": 4.0, "alpha": 1.0, "temperature_squared": False, "loss": "kl",
-                      "teacher_logits": "cached"}
+    # the KD keys go to the loss, the rest of train.kd is the schedule
+    assert job.kd == {key: params["train"]["kd"][key] for key in seg_train.KD_KEYS}
+    assert job.schedule.epochs == 2 and job.schedule.batch_size == 4
     assert job.teacher_logits == tmp_path / "teacher_logits"
 
 
@@ -302,8 +303,8 @@ def test_the_idd_full_experiment_carries_the_seed_recipe():
         {"epochs": 50, "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 24}
     assert {k: train_cfg["baseline"][k] for k in ("epochs", "lr", "batch_size")} == \
         {"epochs": 50, "lr": 6e-4, "batch_size": 32}
-    assert {k: train_cfg["kd"][k] for k in ("epochs", "lr", "batch_size", "temperature", "alpha")} == \
-        {"epochs": 100, "lr": 6e-4, "batch_size": 24, "temperature": 4.0, "alpha": 1.0}
+    assert {k: train_cfg["kd"][k] for k in ("epochs", "lr", "batch_size", "temperature", "alpha", "loss")} == \
+        {"epochs": 100, "lr": 6e-4, "batch_size": 24, "temperature": 4.0, "alpha": 1.0, "loss": "kl"}
 
 
 def test_engine_resolves_precision_per_accelerator():

@@ -1,14 +1,16 @@
 """Losses: masked cross-entropy and logit knowledge distillation (seed report section 7).
 
-    total = CE(student, target) + alpha * KL(softmax(teacher / T) || softmax(student / T))
+    total = CE(student, target) + alpha * D(teacher logits, student logits)
 
-Both terms average over valid pixels only (target != 255); KL is summed over classes per pixel. T = 4
-and alpha = 1 as in the seed. `temperature_squared: true` multiplies the KL term by T^2 (Hinton et al.
+D is `train.kd.loss`: `kl`, the seed's KL(softmax(teacher / T) || softmax(student / T)); `cwd`,
+channel-wise distillation (Shu et al. 2021); `dist`, DIST (Huang et al. 2022), the default with T = 1 and
+alpha = 3 (the seed's KL used T = 4 and alpha = 1). Both terms average over valid pixels only
+(target != 255); KL is summed over classes per pixel. `temperature_squared: true` multiplies the KL term by T^2 (Hinton et al.
 2015: keeps the soft-target gradients at the scale of the hard-target ones when T changes); the seed
 did not, so it is off by default and reported KL values are comparable with the seed's logs.
 The KL term is computed in float32 even under mixed precision (exp/log of T-scaled logits), with a
 hand-written gradient (`_SoftTargetKL`). The teacher logits come from the teacher run on the batch or
-from the teacher-logit cache (`teacher_cache.py`), possibly float16 and at another resolution.
+from the teacher-logit cache (`logit_cache.py`), possibly float16 and at another resolution.
 """
 
 from __future__ import annotations
