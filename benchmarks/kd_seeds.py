@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/kd_seeds.py [--seeds 1 2] [--reuse]
 
-Runs `dvc exp run --temp -S train.student_seed=<seed> train_baseline train_kd` for each seed (the teacher,
-its logit cache and the data stay those of the committed run: only the students' initialisation and data
-order change), reads each run's best val mIoU from the experiment's `train_metrics.json` and adds the
+Runs `dvc exp run -S train.student_seed=<seed> train_baseline train_kd` for each seed in the workspace (the
+teacher, its logit cache and the data stay those of the committed run, up to date in the workspace, so DVC
+does not train them again: only the students' initialisation and data order change; `--temp` would
+retrain the teacher, its outputs being `persist`), then restores the committed run (`git checkout
+params.yaml dvc.lock`, `dvc checkout`). Needs the committed run in the workspace and DVC cache (after
+`make repro`) and no uncommitted change to params.yaml or dvc.lock. Reads each run's best val mIoU from the experiment's `train_metrics.json` and adds the
 committed workspace run (its `train.student_seed`). Prints a Markdown table: per student and seed the
 baseline and KD mIoU and KD - baseline, then the mean and the sample standard deviation of KD - baseline.
 `--reuse` reads experiments named `kd-seed<seed>` that exist already instead of running them.
@@ -46,18 +49,25 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="read existing kd-seed<N> experiments")
     args = parser.parse_args()
 
+    if git("status", "--porcelain", "params.yaml", "dvc.lock").strip():
+        raise SystemExit("params.yaml or dvc.lock has uncommitted changes; commit the run first")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     students = list(params["models"]["students"])
     revs: dict[int, str | None] = {int(params["train"]["student_seed"]): None}  # None: the workspace run
+    try:
+        for seed in args.seeds:
+            name = f"kd-seed{seed}"
+            if not (args.reuse and experiment_ref(name)):
+                subprocess.run(["dvc", "exp", "run", "-f", "-n", name, "-S", f"train.student_seed={seed}",
+                                "train_baseline", "train_kd"], cwd=ROOT, check=True)
+            revs[seed] = experiment_ref(name)
+    finally:  # the workspace holds the last experiment's outputs: back to the committed run
+        git("checkout", "--", "params.yaml", "dvc.lock")
+        subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, check=True, capture_output=True)
     for seed in args.seeds:
-        name = f"kd-seed{seed}"
-        if not (args.reuse and experiment_ref(name)):
-            subprocess.run(["dvc", "exp", "run", "--temp", "-f", "-n", name, "-S", f"train.student_seed={seed}",
-                            "train_baseline", "train_kd"], cwd=ROOT, check=True)
-        ref = experiment_ref(name)
+        name, ref = f"kd-seed{seed}", revs[seed]
         if ref is None:
             raise SystemExit(f"experiment {name} not found after running it")
-        revs[seed] = ref
 
     print("| student | seed | baseline mIoU | KD mIoU | KD - baseline |")
     print("|---|---|---|---|---|")

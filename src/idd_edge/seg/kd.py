@@ -138,13 +138,14 @@ def channel_wise_divergence(
     return kl.mean() * temperature**2
 
 
-def _pearson_distance(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """1 - Pearson correlation of the rows of `a` and `b` (rows, n), mean over rows (weighted by `weight`)."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    rho = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-8)
-    if weight is None:
-        return (1 - rho).mean()
+def _weighted_pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int, mask: torch.Tensor,
+                               weight: torch.Tensor) -> torch.Tensor:
+    """1 - Pearson correlation of `a` and `b` along `dim`, over the entries where `mask` (broadcast) is 1,
+    averaged over the other dimension with `weight`. Masks instead of indexing: no copy of the valid rows."""
+    count = mask.sum(dim=dim, keepdim=True).clamp(min=1)
+    a = (a - (a * mask).sum(dim=dim, keepdim=True) / count) * mask
+    b = (b - (b * mask).sum(dim=dim, keepdim=True) / count) * mask
+    rho = (a * b).sum(dim=dim) / ((a * a).sum(dim=dim) * (b * b).sum(dim=dim)).sqrt().clamp(min=1e-8)
     return ((1 - rho) * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
@@ -164,18 +165,19 @@ def dist_divergence(
                                        align_corners=False)
     classes = student_logits.shape[1]
     valid = (target != ignore_index).reshape(-1)
-    student = student_logits.float().permute(0, 2, 3, 1).reshape(-1, classes)[valid]
-    teacher = teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, classes)[valid]
-    if student.shape[0] < 2:  # no valid pixels (or one): nothing to correlate, keep the graph
+    if int(valid.sum()) < 2:  # nothing to correlate; keep the graph
         return student_logits.sum() * 0.0
-    y_s = torch.softmax(student / temperature, dim=1)
-    y_t = torch.softmax(teacher / temperature, dim=1)
-    weight = None
+    # (pixels, classes) views: free for channels_last tensors, as in masked_kl_divergence
+    y_s = torch.softmax(student_logits.float().permute(0, 2, 3, 1).reshape(-1, classes) / temperature, dim=1)
+    y_t = torch.softmax(teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, classes) / temperature,
+                        dim=1)
+    pixel_weight = valid.float()
     if class_weights is not None:
         per_class = class_weights.to(device=target.device, dtype=torch.float32)
-        weight = per_class[target.reshape(-1)[valid]]
-    inter = _pearson_distance(y_s, y_t, weight)
-    intra = _pearson_distance(y_s.t(), y_t.t())
+        pixel_weight = per_class[target.reshape(-1).clamp(max=len(per_class) - 1)] * pixel_weight
+    every_class = torch.ones(classes, device=y_s.device)
+    inter = _weighted_pearson_distance(y_s, y_t, 1, torch.ones_like(y_s[:1]), pixel_weight)
+    intra = _weighted_pearson_distance(y_s, y_t, 0, valid.float().unsqueeze(1), every_class)
     return (inter + intra) * temperature**2
 
 
