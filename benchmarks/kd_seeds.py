@@ -4,10 +4,11 @@
 
 Runs `dvc exp run -S train.student_seed=<seed> train_baseline train_kd` for each seed in the workspace (the
 teacher, its logit cache and the data stay those of the committed run, up to date in the workspace, so DVC
-does not train them again: only the students' initialisation and data order change; `--temp` would
-retrain the teacher, its outputs being `persist`), then restores the committed run (`git checkout
-params.yaml dvc.lock`, `dvc checkout`). Needs the committed run in the workspace and DVC cache (after
-`make repro`) and no uncommitted change to params.yaml or dvc.lock. Reads each run's best val mIoU from the experiment's `train_metrics.json` and adds the
+does not train them again: only the students' initialisation and data order change; `--force` would
+re-run every stage upstream of the targets, the teacher included), then restores the committed run
+(`git checkout HEAD -- params.yaml dvc.lock artifacts`, `dvc checkout`). Needs the committed run in the
+workspace and DVC cache (after `make repro`) and no uncommitted change to params.yaml or dvc.lock. Reads
+each run's best val mIoU from the experiment's `train_metrics.json` and adds the
 committed workspace run (its `train.student_seed`). Prints a Markdown table: per student and seed the
 baseline and KD mIoU and KD - baseline, then the mean and the sample standard deviation of KD - baseline.
 `--reuse` reads experiments named `kd-seed<seed>` that exist already instead of running them.
@@ -58,11 +59,14 @@ def main() -> None:
         for seed in args.seeds:
             name = f"kd-seed{seed}"
             if not (args.reuse and experiment_ref(name)):
-                subprocess.run(["dvc", "exp", "run", "-f", "-n", name, "-S", f"train.student_seed={seed}",
+                if experiment_ref(name):
+                    subprocess.run(["dvc", "exp", "remove", name], cwd=ROOT, check=True)
+                # no --force: it re-runs every stage upstream of the targets, the teacher included
+                subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"train.student_seed={seed}",
                                 "train_baseline", "train_kd"], cwd=ROOT, check=True)
             revs[seed] = experiment_ref(name)
     finally:  # the workspace holds the last experiment's outputs: back to the committed run
-        git("checkout", "--", "params.yaml", "dvc.lock")
+        git("checkout", "HEAD", "--", "params.yaml", "dvc.lock", "artifacts")
         subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, check=True, capture_output=True)
     for seed in args.seeds:
         name, ref = f"kd-seed{seed}", revs[seed]

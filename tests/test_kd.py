@@ -189,7 +189,7 @@ def test_cwd_is_zero_for_identical_maps_ignores_void_and_weighs_every_class_alik
         KDConfig(method="mse")
 
 
-def test_dist_is_invariant_to_scale_and_shift_of_the_probabilities_and_ignores_void():
+def test_dist_matches_the_textbook_correlations_ignores_void_and_keeps_a_gradient_path():
     torch.manual_seed(0)
     teacher = torch.randn(2, 4, 5, 5)
     target = torch.randint(0, 4, (2, 5, 5))

@@ -110,7 +110,9 @@ def test_train_metrics_follow_the_contract(trained):
         assert 0 <= summary["best_miou"] <= 1 and 1 <= summary["best_epoch"] <= summary["epochs"]
         losses = summary["final_losses"]
         if role == "kd":
-            assert losses["kl"] > 0 and losses["total"] == pytest.approx(losses["ce"] + losses["kl"])
+            kd = trained["params"]["train"]["kd"]  # total = CE + alpha (x T^2 for KL with temperature_squared) x D
+            scale = kd["temperature"] ** 2 if kd["loss"] == "kl" and kd["temperature_squared"] else 1.0
+            assert losses["kl"] > 0 and losses["total"] == pytest.approx(losses["ce"] + kd["alpha"] * scale * losses["kl"])
         else:
             assert losses["kl"] is None and losses["total"] == losses["ce"]
     assert trained["teacher"]["model"] == "convnext_atto_upernet" and trained["teacher"]["epochs"] == 5

@@ -5,9 +5,10 @@
 D is `train.kd.loss`: `kl`, the seed's KL(softmax(teacher / T) || softmax(student / T)); `cwd`,
 channel-wise distillation (Shu et al. 2021); `dist`, DIST (Huang et al. 2022), the default with T = 1 and
 alpha = 3 (the seed's KL used T = 4 and alpha = 1). Both terms average over valid pixels only
-(target != 255); KL is summed over classes per pixel. `temperature_squared: true` multiplies the KL term by T^2 (Hinton et al.
-2015: keeps the soft-target gradients at the scale of the hard-target ones when T changes); the seed
-did not, so it is off by default and reported KL values are comparable with the seed's logs.
+(target != 255); KL is summed over classes per pixel. `temperature_squared: true` multiplies the KL term
+by T^2 (Hinton et al. 2015: keeps the soft-target gradients at the scale of the hard-target ones when T
+changes); the seed did not, so it is off by default and reported KL values are comparable with the
+seed's logs.
 The KL term is computed in float32 even under mixed precision (exp/log of T-scaled logits), with a
 hand-written gradient (`_SoftTargetKL`). The teacher logits come from the teacher run on the batch or
 from the teacher-logit cache (`logit_cache.py`), possibly float16 and at another resolution.
@@ -61,6 +62,22 @@ def class_weights_from_counts(counts: torch.Tensor, power: float, max_weight: fl
     return weights.clamp(max=max_weight).float()
 
 
+def _at_student_size(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """The teacher logits resized (bilinear) to the student's output size; cached logits are coarser."""
+    if teacher_logits.shape[-2:] == student_logits.shape[-2:]:
+        return teacher_logits
+    return F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _pixel_weights(target: torch.Tensor, valid: torch.Tensor, class_weights: torch.Tensor | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Weight of each pixel in a distillation term: its target class's CE weight, 0 for void pixels."""
+    if class_weights is None:
+        return valid.to(dtype)
+    per_class = class_weights.to(device=target.device, dtype=dtype)
+    return per_class[target.clamp(max=len(per_class) - 1)] * valid  # void indexes any class, then drops
+
+
 def masked_kl_divergence(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float,
     ignore_index: int = VOID, class_weights: torch.Tensor | None = None,
@@ -68,16 +85,9 @@ def masked_kl_divergence(
     """KL(softmax(teacher/T) || softmax(student/T)) per pixel (sum over classes), mean over valid pixels;
     with `class_weights` (C,), the mean weighted by the weight of each pixel's target class, as in
     `masked_cross_entropy`. The teacher logits are targets: no gradient flows into them."""
-    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
-        teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-    valid = target != ignore_index
+    teacher_logits = _at_student_size(teacher_logits, student_logits)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    if class_weights is None:
-        weight = valid.to(dtype)
-    else:
-        per_class = class_weights.to(device=target.device, dtype=dtype)
-        weight = per_class[target.clamp(max=len(per_class) - 1)] * valid  # void indexes any class, then drops
+    weight = _pixel_weights(target, target != ignore_index, class_weights, dtype)
     weight = weight / weight.sum().clamp(min=torch.finfo(dtype).tiny)
     classes = student_logits.shape[1]
     # (pixels, classes) views: free for channels_last tensors (the students train in channels_last and
@@ -125,9 +135,7 @@ def channel_wise_divergence(
     distribution over its valid pixels, softmax(logits_c / T); the loss is T^2 times the KL of the teacher's
     from the student's, mean over images and channels. Every class counts alike, however few pixels it
     covers (the per-pixel KL is dominated by road and sky). Void pixels take no probability mass."""
-    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
-        teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+    teacher_logits = _at_student_size(teacher_logits, student_logits)
     n, c = student_logits.shape[:2]
     void = (target == ignore_index).reshape(n, 1, -1)
     # a finite fill: an all-void image gives two uniform distributions (KL 0) instead of NaN
@@ -138,14 +146,21 @@ def channel_wise_divergence(
     return kl.mean() * temperature**2
 
 
-def _weighted_pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int, mask: torch.Tensor,
-                               weight: torch.Tensor) -> torch.Tensor:
-    """1 - Pearson correlation of `a` and `b` along `dim`, over the entries where `mask` (broadcast) is 1,
-    averaged over the other dimension with `weight`. Masks instead of indexing: no copy of the valid rows."""
-    count = mask.sum(dim=dim, keepdim=True).clamp(min=1)
-    a = (a - (a * mask).sum(dim=dim, keepdim=True) / count) * mask
-    b = (b - (b * mask).sum(dim=dim, keepdim=True) / count) * mask
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int, mask: torch.Tensor | None = None,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - Pearson correlation of `a` and `b` along `dim`, over the entries where `mask` (broadcast) is 1
+    (all without one), averaged over the other dimension with `weight` (equally without one). Masks
+    instead of indexing: no copy of the valid rows."""
+    if mask is None:
+        a = a - a.sum(dim=dim, keepdim=True) / a.shape[dim]
+        b = b - b.sum(dim=dim, keepdim=True) / b.shape[dim]
+    else:
+        count = mask.sum(dim=dim, keepdim=True).clamp(min=1)
+        a = (a - (a * mask).sum(dim=dim, keepdim=True) / count) * mask
+        b = (b - (b * mask).sum(dim=dim, keepdim=True) / count) * mask
     rho = (a * b).sum(dim=dim) / ((a * a).sum(dim=dim) * (b * b).sum(dim=dim)).sqrt().clamp(min=1e-8)
+    if weight is None:
+        return (1 - rho).sum() / rho.numel()
     return ((1 - rho) * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
@@ -160,9 +175,7 @@ def dist_divergence(
     1 - correlation (beta = gamma = 1 as in the paper). The inter-class term weights pixels by their target
     class like the CE. Why: a correlation ignores the scale and shift that separate a small student's
     predictions from a much stronger teacher's, which the exact KL match penalises."""
-    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
-        teacher_logits = F.interpolate(teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+    teacher_logits = _at_student_size(teacher_logits, student_logits)
     classes = student_logits.shape[1]
     valid = (target != ignore_index).reshape(-1)
     if int(valid.sum()) < 2:  # nothing to correlate; keep the graph
@@ -171,13 +184,9 @@ def dist_divergence(
     y_s = torch.softmax(student_logits.float().permute(0, 2, 3, 1).reshape(-1, classes) / temperature, dim=1)
     y_t = torch.softmax(teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, classes) / temperature,
                         dim=1)
-    pixel_weight = valid.float()
-    if class_weights is not None:
-        per_class = class_weights.to(device=target.device, dtype=torch.float32)
-        pixel_weight = per_class[target.reshape(-1).clamp(max=len(per_class) - 1)] * pixel_weight
-    every_class = torch.ones(classes, device=y_s.device)
-    inter = _weighted_pearson_distance(y_s, y_t, 1, torch.ones_like(y_s[:1]), pixel_weight)
-    intra = _weighted_pearson_distance(y_s, y_t, 0, valid.float().unsqueeze(1), every_class)
+    pixel_weight = _pixel_weights(target.reshape(-1), valid, class_weights, torch.float32)
+    inter = _pearson_distance(y_s, y_t, 1, weight=pixel_weight)
+    intra = _pearson_distance(y_s, y_t, 0, mask=valid.float().unsqueeze(1))
     return (inter + intra) * temperature**2
 
 
