@@ -9,12 +9,15 @@ UV_VERSION := 0.13.9
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
+# The Sony IMX500 toolchain (MCT + imxconv-pt) pins torch/onnx versions of its own: a second locked
+# environment (tools/imx500/uv.lock) that `idd-edge compile-imx500` finds here (or at $IDD_EDGE_IMX500_ENV).
+IMX500_ENV := .venv-imx500
 PYTEST_ARGS ?=
 # OpenMP threads that spin while waiting make CPU training ~10x slower when processes share 2 cores
 # (DDP tests, DataLoader workers); the user's own setting wins.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: env repro test params bench clean-env
+.PHONY: env imx500-env repro test params bench clean-env
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,15 +29,24 @@ $(UV):
 env: $(UV)
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 
+# imxconv-pt needs Java 17: Debian's runtime is installed where apt-get is there and we are root (as .ci/run
+# does for openssh). Outside CI a failed install only warns: compile-imx500 then writes a status saying why.
+imx500-env: $(UV)
+	@if ! command -v java >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" -eq 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; fi
+	@UV_PROJECT_ENVIRONMENT="$(CURDIR)/$(IMX500_ENV)" $(UV) sync --frozen --compile-bytecode --project tools/imx500 \
+	  --python $(PYTHON) || { if [ -n "$$CI" ]; then exit 1; fi; \
+	  echo "warning: IMX500 toolchain not installed; compile-imx500 will write a status saying so" >&2; }
+
 # Stages call `idd-edge`, so the environment's bin/ goes first on PATH (no activation needed).
-repro: env
+repro: env imx500-env
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 params: env
 	$(VENV)/bin/idd-edge params
 
 # pytest exits 5 when it collects no test; that is reported, not hidden, but is not a failure of the tree.
-test: env
+test: env imx500-env
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -42,4 +54,4 @@ bench: env
 	@for b in benchmarks/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean-env:
-	rm -rf $(TOOLS) $(VENV)
+	rm -rf $(TOOLS) $(VENV) $(IMX500_ENV)

@@ -20,7 +20,7 @@ def _our_sources():
 
 
 def test_format_names_and_files_are_spelled_out_only_in_the_table():
-    spelled = {name for fmt in formats.MODEL_FORMATS for name in (fmt.stage_file, fmt.bundle_suffix, fmt.gate)}
+    spelled = {name for fmt in formats.ALL_FORMATS for name in (fmt.stage_file, fmt.bundle_suffix, fmt.gate)}
     offenders = [f"{path.name}:{node.lineno} {node.value!r}"
                  for path in _our_sources() if path != TABLE_FILE
                  for node in ast.walk(ast.parse(path.read_text()))
@@ -32,8 +32,8 @@ def test_every_side_names_the_same_formats():
     assert set(manifest.FORMATS) == set(formats.BY_MANIFEST_NAME)
     assert set(gate.FORMATS) == set(formats.BY_GATE_NAME)
     assert set(loader._CPU_FORMAT_ORDER) | {formats.HEF.manifest} == set(manifest.FORMATS)
-    assert len({fmt.stage_file for fmt in formats.MODEL_FORMATS}) == len(formats.MODEL_FORMATS)
-    assert len({fmt.bundle_suffix for fmt in formats.MODEL_FORMATS}) == len(formats.MODEL_FORMATS)
+    assert len({fmt.stage_file for fmt in formats.ALL_FORMATS}) == len(formats.ALL_FORMATS)
+    assert len({fmt.bundle_suffix for fmt in formats.ALL_FORMATS}) == len(formats.ALL_FORMATS)
 
 
 def test_the_dfc_hailort_table_exists_once():

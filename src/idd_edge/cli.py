@@ -32,6 +32,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.export.calibrate",
     "idd_edge.export.quantize",
     "idd_edge.export.compile_hef",
+    "idd_edge.export.compile_imx500",
     "idd_edge.export.gate",
     "idd_edge.bundle",
     "idd_edge.ship",

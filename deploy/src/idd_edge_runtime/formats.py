@@ -25,8 +25,15 @@ class ModelFormat:
 ONNX_FP32 = ModelFormat("onnx", "onnx_fp32", "model.onnx", ".onnx", "NCHW", "float32", True)
 ONNX_INT8 = ModelFormat("onnx-int8", "onnx_int8", "model_int8.onnx", "_int8.onnx", "NCHW", "float32", True)
 HEF = ModelFormat("hef", "hailo_emulation", "model.hef", ".hef", "NHWC", "uint8", False)
+# Sony IMX500 (Raspberry Pi AI Camera): the converter's packerOut.zip, turned into the sensor's .rpk by
+# `imx500-package` on the Pi; the sensor feeds the network raw pixels, its first layer normalises.
+IMX500 = ModelFormat("imx500", "imx500_quantized", "packerOut.zip", "_imx500_packerOut.zip", "NCHW", "uint8", False)
 
 #: Every format, in the order the bundle lists a model's entries (the device prefers them in this order).
 MODEL_FORMATS: Tuple[ModelFormat, ...] = (HEF, ONNX_INT8, ONNX_FP32)
 BY_MANIFEST_NAME: Dict[str, ModelFormat] = {fmt.manifest: fmt for fmt in MODEL_FORMATS}
-BY_GATE_NAME: Dict[str, ModelFormat] = {fmt.gate: fmt for fmt in MODEL_FORMATS}
+#: Formats that run on the camera sensor itself: built, scored and gated, not (yet) bundle entries the
+#: runtime's loader picks from.
+SENSOR_FORMATS: Tuple[ModelFormat, ...] = (IMX500,)
+ALL_FORMATS: Tuple[ModelFormat, ...] = MODEL_FORMATS + SENSOR_FORMATS
+BY_GATE_NAME: Dict[str, ModelFormat] = {fmt.gate: fmt for fmt in ALL_FORMATS}

@@ -32,15 +32,18 @@ from typing import Any
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.jsonfile import read_json_if_present
-from idd_edge_runtime.formats import HEF, ONNX_FP32, ONNX_INT8
+from idd_edge_runtime.formats import HEF, IMX500, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "pytorch_fp32"
 VALIDATOR = "Ultralytics validator (prototype-resolution masks)"
-FORMATS = (ONNX_FP32.gate, ONNX_INT8.gate, HEF.gate)
+FORMATS = (ONNX_FP32.gate, ONNX_INT8.gate, HEF.gate, IMX500.gate)
 FORMAT_TITLES = {REFERENCE: "PyTorch fp32", ONNX_FP32.gate: "ONNX fp32", ONNX_INT8.gate: "ONNX int8 (QDQ)",
-                 HEF.gate: "Hailo emulation (SDK_QUANTIZED)"}
+                 HEF.gate: "Hailo emulation (SDK_QUANTIZED)", IMX500.gate: "IMX500 (MCT quantized)"}
+#: Gated unless `gate.formats` says otherwise: the IMX500 package is scored and reported, but the bundle does
+#: not ship it, so its failure does not keep a model's ONNX/HEF off the device.
+GATED_BY_DEFAULT = (ONNX_FP32.gate, ONNX_INT8.gate, HEF.gate)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class GateThresholds:
 
     max_drop: float = 1.0
     max_class_drop: float = 5.0
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = GATED_BY_DEFAULT
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - set(FORMATS)
@@ -294,10 +297,12 @@ def _run(args: argparse.Namespace) -> int:
     exports = preprocessing.load_exports(Path(config.section(params, "export.out", args.params)))
     quant_dir = Path(config.section(params, "quantize.out", args.params))
     hailo_dir = Path(config.section(params, "compile.out", args.params))
+    imx500_dir = Path(config.section(params, "compile.imx500.out", args.params))
     results = []
     for record in exports:
         if record["role"] == "semantic":
-            results.append(_gate_semantic(record, val_dir, level["name"], quant_dir, hailo_dir, cfg["max_images"], thresholds))
+            results.append(_gate_semantic(record, val_dir, level["name"], quant_dir, hailo_dir, imx500_dir,
+                                          cfg["max_images"], thresholds))
         else:
             yolo_weights = Path(config.section(params, "yolo.train.out", args.params)) / "train" / "weights" / "best.pt"
             data_yaml = Path(config.section(params, "yolo.bridge.out", args.params)) / "data.yaml"
@@ -317,8 +322,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_dir: Path, hailo_dir: Path,
-                   max_images: int | None, thresholds: GateThresholds) -> dict[str, Any]:
-    """Score PyTorch fp32, ONNX fp32, ONNX int8 (and read the Hailo emulation score) of one semantic model."""
+                   imx500_dir: Path, max_images: int | None, thresholds: GateThresholds) -> dict[str, Any]:
+    """Score PyTorch fp32, ONNX fp32, ONNX int8 (and read the Hailo emulation and IMX500 scores) of one
+    semantic model."""
     from idd_edge.export import evaluate, preprocessing
     from idd_edge.export.onnx_io import onnx_session
     from idd_edge_runtime.manifest import sha256_file
@@ -353,7 +359,23 @@ def _gate_semantic(record: Mapping[str, Any], val_dir: Path, level: str, quant_d
         not_evaluated[HEF.gate] = "HEF built but its emulation was not scored"
     else:
         not_evaluated[HEF.gate] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+    imx500_scores, reason = imx500_evaluation(imx500_dir / name / "compile.json")
+    if imx500_scores is None:
+        not_evaluated[IMX500.gate] = reason
+    else:
+        evaluations[IMX500.gate] = semantic_scores(imx500_scores)
     return gate_model(name, evaluations, thresholds, not_evaluated)
+
+
+def imx500_evaluation(compile_json: Path) -> tuple[dict[str, Any] | None, str]:
+    """`compile-imx500`'s validation scores of MCT's quantized model, or why there are none. Scored whether
+    or not the converter then fit it on the sensor (the memory verdict is that stage's, not the gate's)."""
+    compiled = read_json_if_present(compile_json)
+    if compiled is None:
+        return None, f"{compile_json} not found (run `idd-edge compile-imx500`)"
+    if compiled.get("evaluation"):
+        return compiled["evaluation"], ""
+    return None, f"not quantized: {compiled.get('reason') or 'no evaluation recorded'}"
 
 
 def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, quant_dir: Path, hailo_dir: Path,
@@ -391,6 +413,7 @@ def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, qu
         not_evaluated[HEF.gate] = "HEF built but its emulation was not scored"
     else:
         not_evaluated[HEF.gate] = "no HEF: the Hailo DFC is not installed (see compile-hef status.json)"
+    not_evaluated[IMX500.gate] = "the IMX500 flow takes the semantic students only (see compile-imx500 status.json)"
     return gate_model(name, evaluations, thresholds, not_evaluated, baselines)
 
 

@@ -74,7 +74,8 @@ class LRASPP(nn.Module):
         self.export = False  # True: return the logits tensor itself (ONNX / Hailo graphs want one plain output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # shapes are static there anyway
+        # Shapes are static when traced anyway; torch.fx (MCT's IMX500 quantizer) cannot compare a symbolic shape.
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_tracing()
         if self.input_size is not None and not tracing and tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(f"LR-ASPP built for input {self.input_size}, got {tuple(x.shape[-2:])}")
         low, high = self.backbone(x)
