@@ -52,8 +52,17 @@ def test_a_file_that_is_not_a_memory_report_is_refused(tmp_path):
 
 
 def test_converter_reason_keeps_the_error_lines():
-    log_text = "INFO : Converting\nERROR : Layer 'Gelu' is not supported\nINFO : done\n"
-    assert converter_reason(log_text) == "ERROR : Layer 'Gelu' is not supported"
+    """The refusal of MNv4-S DeepLabV3+ (smp's decoder upsamples with align_corners=True), as imxconv-pt logged it."""
+    log_text = (FIXTURES / "mnv4s_deeplabv3plus_refused.log").read_text()
+    assert converter_reason(log_text).splitlines() == [
+        "ERROR : CODE: [INVOP] The network is not aligned with SDSP converter's restrictions. Errors are:",
+        "Node [Framework.onnx] op: Resize, id: /net_decoder_up/Resize, errors:",
+        "Param error - param: coordinate_transformation_mode, value: align_corners, reason: Supported values: "
+        "['half_pixel', 'pytorch_half_pixel']",
+        "Node [Framework.onnx] op: Resize, id: /net_segmentation_head_1/Resize, errors:",
+        "Param error - param: coordinate_transformation_mode, value: align_corners, reason: Supported values: "
+        "['half_pixel', 'pytorch_half_pixel']",
+    ]
     assert converter_reason("one\ntwo\n", limit=1) == "two"
 
 

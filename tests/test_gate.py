@@ -67,7 +67,7 @@ def test_model_verdict_uses_gated_formats_only():
     failed = gate_model("m", evaluations, GateThresholds(), {"hailo_emulation": "no HEF"})
     assert not failed["passed"] and failed["failed_formats"] == ["onnx_int8"]
     assert failed["messages"][0].startswith("m ONNX int8") and "car" in failed["messages"][0]
-    assert failed["not_evaluated"] == {"hailo_emulation": "no HEF"}
+    assert failed["not_evaluated"] == {"hailo_emulation": "no HEF", "imx500_quantized": "not evaluated"}
     lenient = gate_model("m", evaluations, GateThresholds(formats=("onnx_fp32", "hailo_emulation")))
     assert lenient["passed"] and lenient["formats"]["onnx_int8"]["gated"] is False
     with pytest.raises(StageError, match="no pytorch_fp32"):

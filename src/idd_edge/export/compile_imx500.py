@@ -111,13 +111,18 @@ def parse_memory_report(path: Path) -> dict[str, Any]:
 
 
 _CONVERTER_ERROR = re.compile(r"\b(ERROR|FATAL|CRITICAL)\b|Error:|Exception", re.IGNORECASE)
+# The converter's log lines: "<date> <time> LEVEL : message [/path/to/logger.py:185]".
+_LOG_DECORATION = re.compile(r"^\d{4}-\d\d-\d\d [\d:.,]+ |\s*\[[^\]]+\.py:\d+\]$")
 
 
-def converter_reason(log_text: str, limit: int = 8) -> str:
-    """The converter's own error lines (the last `limit`), or its last lines when none is marked."""
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    errors = [line for line in lines if _CONVERTER_ERROR.search(line)]
-    return "\n".join((errors or lines)[-limit:]) or "the converter failed without output"
+def converter_reason(log_text: str, limit: int = 12) -> str:
+    """The converter's error block (from its first error line: the offending nodes and why, at most `limit`
+    lines, without timestamps, logger paths and separators), or its last lines when no line is an error."""
+    lines = [_LOG_DECORATION.sub("", line.strip()) for line in log_text.splitlines()]
+    lines = [line for line in lines if line and not set(line) <= {"-"}]
+    first = next((index for index, line in enumerate(lines) if _CONVERTER_ERROR.search(line)), None)
+    picked = lines[-limit:] if first is None else lines[first:first + limit]
+    return "\n".join(picked) or "the converter failed without output"
 
 
 # --------------------------------------------------------------------------------------- toolchain
