@@ -230,7 +230,7 @@ def test_parse_compile_log():
 
 def test_settings_are_validated():
     with pytest.raises(Exception, match="hw_arch"):
-        HailoSettings(hw_arch="hailo10h")
+        HailoSettings(hw_arch="hailo15h")
     with pytest.raises(Exception, match="optimization_level"):
         HailoSettings(optimization_level=7)
 
@@ -362,3 +362,21 @@ def test_contract_a_degraded_yolo_emulation_fails_the_gate(yolo_stages):
     assert not result["passed"] and result["drop_points"] > 1.0 and result["regressed_classes"]
     assert not gate["passed"] and gate["failed_formats"] == ["hailo_emulation"]
     assert any("Hailo emulation" in message and "classes regressed" in message for message in gate["messages"])
+
+
+def test_hailo10h_is_a_target_and_needs_the_dfc_5_line(exported, monkeypatch):
+    """`compile.hailo.hw_arch: hailo10h`: the stand-in DFC 3.33 is refused before it runs; a DFC 5.2 gets
+    `ClientRunner(hw_arch="hailo10h")`, and the status without a DFC names the 5.x wheel."""
+    tmp_path, target, calibration = exported
+    settings = HailoSettings(hw_arch="hailo10h")
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", make_standin_sdk(calls))
+    with pytest.raises(StageError, match=r"hailo10h, which needs DFC 5.x, but the installed DFC is 3.33.0"):
+        compile_all([(target, calibration)], tmp_path / "hailo", settings)
+    assert not calls
+    sys.modules["hailo_sdk_client"].__version__ = "5.2.0"
+    status = compile_all([(target, calibration)], tmp_path / "hailo", settings)
+    assert calls[0] == ("ClientRunner", {"hw_arch": "hailo10h", "har": None})
+    assert status["models"]["tiny"]["hailort_version"] == "5.2" and status["hw_arch"] == "hailo10h"
+    assert "hailo_dataflow_compiler-5.2.0" in compile_hef.install_hint("hailo10h")
+    assert "hailo_dataflow_compiler-3.33.0" in compile_hef.install_hint("hailo8")

@@ -107,7 +107,7 @@ def _break(mutate) -> str:
         (lambda d: d["hailo"].update(hw_arch=None), "must be set when the bundle contains HEF"),
         (lambda d: d["hailo"].update(hailort_version="4.17.0"), "does not pair with DFC 3.33"),
         (lambda d: d["hailo"].update(dfc_version="5.0.0", hailort_version="5.0.0"), "DFC 3.x"),
-        (lambda d: d["hailo"].update(hw_arch="hailo10h"), "hailo.hw_arch"),
+        (lambda d: d["hailo"].update(hw_arch="hailo15h"), "hailo.hw_arch"),
         (lambda d: d.update(models=[]), "non-empty list"),
     ],
 )
@@ -167,3 +167,25 @@ def test_hailo_compatibility_refuses_with_what_to_do() -> None:
         mf.check_hailo_compatibility(manifest, None, "4.23.0")
     with pytest.raises(mf.CompatibilityError, match="HailoRT is not installed"):
         mf.check_hailo_compatibility(manifest, "hailo8", None)
+
+
+HAILO10H = {"hw_arch": "hailo10h", "dfc_version": "5.2.0", "hailort_version": "5.2.0"}
+
+
+def test_hailo10h_bundle_round_trips_and_is_refused_where_it_cannot_run() -> None:
+    """AI HAT+ 2: a Hailo-10H HEF comes from DFC 5.x and runs on HailoRT 5.x only, never beside 4.x."""
+    data = manifest_dict([_semantic("hef", file="models/seg.hef"), _semantic("onnx")], hailo=dict(HAILO10H))
+    manifest = mf.parse_manifest(data)
+    assert manifest.hailo == mf.HailoInfo("hailo10h", "5.2.0", "5.2.0")
+    assert mf.parse_manifest(json.loads(json.dumps(manifest.to_dict()))) == manifest
+    mf.check_hailo_compatibility(manifest, "hailo10h", "5.2.0")
+    with pytest.raises(mf.CompatibilityError, match=r"compiled for hailo10h but this device is a hailo8\b.*hw_arch=hailo8"):
+        mf.check_hailo_compatibility(manifest, "hailo8", "4.23.0")
+    with pytest.raises(mf.CompatibilityError, match=r"hailo10h needs HailoRT 5.x but HailoRT 4.23.0 is installed.*cannot be installed together"):
+        mf.check_hailo_compatibility(manifest, "hailo10h", "4.23.0")
+    with pytest.raises(mf.ManifestError, match=r"dfc_version.*hailo10h HEFs come from DFC 5.x"):
+        mf.parse_manifest(manifest_dict([_semantic("hef", file="models/seg.hef")], hailo=dict(HAILO10H, dfc_version="3.33.0")))
+    with pytest.raises(mf.ManifestError, match=r"dfc_version.*hailo8 HEFs come from DFC 3.x"):
+        mf.parse_manifest(manifest_dict([_semantic("hef", file="models/seg.hef")], hailo=dict(HAILO, dfc_version="5.2.0")))
+    with pytest.raises(mf.ManifestError, match=r"4.23.0 does not pair with DFC 5.2.0"):
+        mf.parse_manifest(manifest_dict([_semantic("hef", file="models/seg.hef")], hailo=dict(HAILO10H, hailort_version="4.23.0")))

@@ -40,8 +40,8 @@ _CLI_VERSION = re.compile(r"version\s+(\d+\.\d+\.\d+)", re.IGNORECASE)
 
 #: Known failure texts of HailoRT and the fix to print beside them.
 _HINTS = (
-    ("HEF_NOT_COMPATIBLE_WITH_DEVICE", "the HEF was compiled for another Hailo architecture (hailo8 vs hailo8l): rebuild the bundle for this device"),
-    ("HEF format is not compatible", "the HEF was compiled for another Hailo architecture (hailo8 vs hailo8l): rebuild the bundle for this device"),
+    ("HEF_NOT_COMPATIBLE_WITH_DEVICE", "the HEF was compiled for another Hailo architecture (hailo8 / hailo8l / hailo10h): rebuild the bundle for this device"),
+    ("HEF format is not compatible", "the HEF was compiled for another Hailo architecture (hailo8 / hailo8l / hailo10h): rebuild the bundle for this device"),
     ("HEF_NOT_SUPPORTED", "the HEF is newer than this HailoRT: `sudo apt install hailo-all` or recompile with the matching DFC"),
     ("Driver version", "the hailo PCIe driver and HailoRT library differ: reinstall `hailo-all` and reboot"),
     ("OUT_OF_PHYSICAL_DEVICES", "another process holds the Hailo device: stop it, or enable the hailort service (multi-process)"),

@@ -21,8 +21,8 @@ manifest.json (format_version 1; unknown keys are an error so a typo in the writ
         dirty       bool: the working tree had uncommitted changes
         dvc_data    {path: hash}: DVC-tracked data the models were trained on (may be empty)
     hailo           what the HEFs were compiled for; all null when the bundle has no HEF
-        hw_arch          "hailo8" | "hailo8l" | null
-        dfc_version      Dataflow Compiler version, "3.33" or "3.33.0" | null
+        hw_arch          "hailo8" | "hailo8l" | "hailo10h" (Raspberry Pi AI HAT+ 2) | null
+        dfc_version      Dataflow Compiler version, "3.33" or "3.33.0" | null (3.x for Hailo-8/8L, 5.x for Hailo-10H)
         hailort_version  HailoRT version the DFC pairs with, "4.23" or "4.23.0" | null
     models          list, at least one entry; (name, format) pairs are unique. Entries sharing a name are
                     the same network in several formats (a HEF and its ONNX fallback): same role and classes.
@@ -75,9 +75,12 @@ DTYPES = ("float32", "uint8")
 SEMANTIC_OUTPUT_KINDS = ("logits", "argmax")
 INSTANCE_OUTPUT_KINDS = ("yolov8-seg",)
 LABEL_LEVELS = ("level1", "level2", "level3")
-HW_ARCHES = ("hailo8", "hailo8l")
+HW_ARCHES = ("hailo8", "hailo8l", "hailo10h")
 
-#: Dataflow Compiler -> HailoRT (major.minor) pairs for Hailo-8/8L (DFC 3.x; DFC 5.x is Hailo-10/15 only).
+#: Dataflow Compiler -> HailoRT (major.minor) pairs. Hailo-8/8L: DFC 3.x with HailoRT 4.x. Hailo-10H (AI HAT+ 2):
+#: DFC 5.x with HailoRT 5.x, a separate line (HailoRT's master branch; Hailo-8 stays on its hailo8 branch) that
+#: cannot be installed beside 4.x on one Pi. Only pairs seen published are listed (5.2/5.2: a DFC 5.2.0 +
+#: HailoRT 5.2.0 Hailo-10H setup on the Hailo community forum); others fall back to "same major" checks.
 DFC_TO_HAILORT: Dict[str, str] = {
     "3.27": "4.17",
     "3.28": "4.18",
@@ -85,7 +88,11 @@ DFC_TO_HAILORT: Dict[str, str] = {
     "3.31": "4.21",
     "3.32": "4.22",
     "3.33": "4.23",
+    "5.2": "5.2",
 }
+#: The DFC and HailoRT major versions each architecture needs.
+DFC_MAJOR_FOR_ARCH: Dict[str, int] = {"hailo8": 3, "hailo8l": 3, "hailo10h": 5}
+HAILORT_MAJOR_FOR_ARCH: Dict[str, int] = {"hailo8": 4, "hailo8l": 4, "hailo10h": 5}
 
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -366,8 +373,10 @@ def _parse_hailo(reader: _Reader) -> HailoInfo:
     dfc = reader.string("dfc_version", _DOTTED_VERSION, nullable=True)
     hailort = reader.string("hailort_version", _DOTTED_VERSION, nullable=True)
     if dfc is not None:
-        if major_minor(dfc)[0] != 3:
-            raise reader.fail("dfc_version", f"{dfc}: Hailo-8/8L HEFs come from DFC 3.x (DFC 5.x targets Hailo-10/15)")
+        wanted = DFC_MAJOR_FOR_ARCH.get(hw_arch or "", 3)
+        if major_minor(dfc)[0] != wanted:
+            raise reader.fail("dfc_version", f"{dfc}: {hw_arch or 'Hailo-8/8L'} HEFs come from DFC {wanted}.x "
+                                             "(DFC 3.x: Hailo-8/8L; DFC 5.x: Hailo-10H)")
         paired = DFC_TO_HAILORT.get(_mm_text(dfc))
         if paired is not None and hailort is not None and _mm_text(hailort) != paired:
             raise reader.fail("hailort_version", f"{hailort} does not pair with DFC {dfc} (DFC {_mm_text(dfc)} pairs with HailoRT {paired})")
@@ -575,7 +584,7 @@ def _mm_text(version: str) -> str:
 def check_hailo_compatibility(manifest: Manifest, device_arch: Optional[str], hailort_version: Optional[str]) -> None:
     """Refuse HEFs the device cannot run, before HailoRT fails with a cryptic status code.
 
-    `device_arch` is "hailo8" or "hailo8l" as detected on the device; `hailort_version` the installed
+    `device_arch` is "hailo8", "hailo8l" or "hailo10h" as detected on the device; `hailort_version` the installed
     HailoRT library version. Raises CompatibilityError with the fix in the message.
     """
     hailo = manifest.hailo
@@ -594,6 +603,14 @@ def check_hailo_compatibility(manifest: Manifest, device_arch: Optional[str], ha
         raise CompatibilityError(None, "HailoRT is not installed: `sudo apt install hailo-all`, then reboot")
     needed = major_minor(str(hailo.hailort_version))
     have = major_minor(hailort_version)
+    line = HAILORT_MAJOR_FOR_ARCH.get(device_arch)
+    if line is not None and have[0] != line:
+        raise CompatibilityError(
+            None,
+            f"this {device_arch} needs HailoRT {line}.x but HailoRT {hailort_version} is installed (HailoRT 4.x drives "
+            f"Hailo-8/8L, 5.x drives Hailo-10H; the two cannot be installed together): install the HailoRT "
+            f"{line}.x packages for this board",
+        )
     if have[0] != needed[0] or have < needed:
         raise CompatibilityError(
             None,

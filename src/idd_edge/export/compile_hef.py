@@ -37,20 +37,39 @@ import numpy as np
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge_runtime.formats import HEF, ONNX_FP32
-from idd_edge_runtime.manifest import DFC_TO_HAILORT, HW_ARCHES, sha256_file
+from idd_edge_runtime.manifest import DFC_MAJOR_FOR_ARCH, DFC_TO_HAILORT, HW_ARCHES, sha256_file
 
 log = logging.getLogger(__name__)
 
 DFC_MODULE = "hailo_sdk_client"
 # The DFC/HailoRT pairs and hw_arch names are the runtime's (its manifest checks them on the device).
-NEWEST_DFC = max(DFC_TO_HAILORT, key=lambda version: tuple(int(part) for part in version.split(".")))
-INSTALL_HINT = (
-    "the Hailo Dataflow Compiler (DFC, Python package hailo_sdk_client) is not installed. It is not on PyPI: "
-    f"download hailo_dataflow_compiler-{NEWEST_DFC}.0-py3-none-linux_x86_64.whl (the newest DFC for Hailo-8/8L, "
-    f"pairs with HailoRT {DFC_TO_HAILORT[NEWEST_DFC]}) from the Hailo Developer Zone (free registration), `pip install` it into this "
-    "environment (x86_64 Linux, Ubuntu 22.04/24.04, Python 3.10-3.12, 16 GB RAM; a GPU is optional), then "
-    "run `dvc repro --force compile_hef` (DVC does not notice a newly installed DFC)"
-)
+
+
+def newest_dfc(major: int) -> str:
+    """The newest DFC (major.minor) of one line in the runtime's table: 3 for Hailo-8/8L, 5 for Hailo-10H."""
+    line = [version for version in DFC_TO_HAILORT if int(version.split(".")[0]) == major]
+    return max(line, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
+NEWEST_DFC = newest_dfc(DFC_MAJOR_FOR_ARCH["hailo8"])
+
+
+#: How the install hint names the chips a DFC line serves.
+CHIP_FAMILY = {"hailo8": "Hailo-8/8L", "hailo8l": "Hailo-8/8L", "hailo10h": "Hailo-10H"}
+
+
+def install_hint(hw_arch: str = "hailo8") -> str:
+    dfc = newest_dfc(DFC_MAJOR_FOR_ARCH[hw_arch])
+    return (
+        "the Hailo Dataflow Compiler (DFC, Python package hailo_sdk_client) is not installed. It is not on PyPI: "
+        f"download hailo_dataflow_compiler-{dfc}.0-py3-none-linux_x86_64.whl (the newest DFC for {CHIP_FAMILY[hw_arch]}, "
+        f"pairs with HailoRT {DFC_TO_HAILORT[dfc]}) from the Hailo Developer Zone (free registration), "
+        "`pip install` it into this environment (x86_64 Linux, Ubuntu 22.04/24.04, Python 3.10-3.12, 16 GB RAM; a GPU "
+        "is optional), then run `dvc repro --force compile_hef` (DVC does not notice a newly installed DFC)"
+    )
+
+
+INSTALL_HINT = install_hint()
 #: Hailo archives the compile stage keeps next to the HEF, by DFC step.
 HAR_FILES = {"parsed": "parsed.har", "optimized": "optimized.har", "compiled": "compiled.har"}
 
@@ -108,6 +127,15 @@ def model_script(target: ModelTarget, settings: HailoSettings, calibset_size: in
 
 def _floats(values: Sequence[float]) -> str:
     return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def check_dfc_line(dfc_version: str | None, hw_arch: str) -> None:
+    """A DFC compiles for one line of chips only (3.x: Hailo-8/8L, 5.x: Hailo-10H): say so before it fails."""
+    match = re.match(r"(\d+)\.", dfc_version or "")
+    wanted = DFC_MAJOR_FOR_ARCH[hw_arch]
+    if match and int(match.group(1)) != wanted:
+        raise StageError(f"compile.hailo.hw_arch is {hw_arch}, which needs DFC {wanted}.x, but the installed DFC is "
+                         f"{dfc_version}: {install_hint(hw_arch)}")
 
 
 def hailort_for(dfc_version: str | None) -> str | None:
@@ -186,6 +214,7 @@ def compile_model(
                          f"float32, got {calibration.shape} {calibration.dtype}")
     sdk = importlib.import_module(DFC_MODULE)
     dfc_version = getattr(sdk, "__version__", None)
+    check_dfc_line(dfc_version, settings.hw_arch)
     script = model_script(target, settings, len(calibration))
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     if staging.exists():
@@ -262,9 +291,9 @@ def compile_all(
     """Compile every target (or record why not) and write `out_root/status.json`."""
     available = dfc_available()
     if not available and settings.require:
-        raise StageError(f"compile.hailo.require is true but {INSTALL_HINT}")
+        raise StageError(f"compile.hailo.require is true but {install_hint(settings.hw_arch)}")
     if not available:
-        log.warning("no HEF built: %s", INSTALL_HINT)
+        log.warning("no HEF built: %s", install_hint(settings.hw_arch))
     models = {}
     for target, calibration in targets:
         out_dir = out_root / target.name
@@ -272,9 +301,9 @@ def compile_all(
             log.info("%s: compiling for %s with the Hailo DFC", target.name, settings.hw_arch)
             models[target.name] = compile_model(target, calibration, out_dir, settings, (evaluators or {}).get(target.name))
         else:
-            models[target.name] = not_built(target, out_dir, settings, int(len(calibration)), INSTALL_HINT)
+            models[target.name] = not_built(target, out_dir, settings, int(len(calibration)), install_hint(settings.hw_arch))
     status = {"dfc_available": available, "hw_arch": settings.hw_arch,
-              "reason": None if available else INSTALL_HINT, "models": models}
+              "reason": None if available else install_hint(settings.hw_arch), "models": models}
     atomic.write_json(out_root / "status.json", status)
     return status
 
