@@ -170,3 +170,33 @@ def test_gate_says_why_there_is_no_imx500_score(tmp_path):
                                                                        "(run `idd-edge compile-imx500`)")
     (tmp_path / "compile.json").write_text(json.dumps({"reason": "no Java runtime", "evaluation": None}))
     assert gate.imx500_evaluation(tmp_path / "compile.json") == (None, "not quantized: no Java runtime")
+
+
+def test_bundle_ships_the_real_package_that_fits(real_run, tmp_path):
+    """The converter's packerOut.zip of a model that fits and passed the gate goes into the bundle as an
+    "imx500" entry (sensor input: NCHW uint8, normalised in the graph); the runtime's loader verifies it."""
+    from idd_edge.bundle import build_bundle
+    from idd_edge.export.onnx_export import export_model
+    from idd_edge.export.preprocessing import load_exports
+    from idd_edge.labels import LEVEL_CLASS_NAMES
+    from idd_edge_runtime.manifest import load_bundle
+    from tests.export_support import TinySegNet
+
+    classes = LEVEL_CLASS_NAMES["level1"]
+    metadata = {"role": "semantic", "label_level": "level1", "class_names": list(classes), "preprocess": "resize",
+                "normalization": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+                "run_dir": str(tmp_path / "tiny")}
+    export_model(TinySegNet(len(classes)), "tiny", (32, 32), tmp_path / "export" / "tiny",
+                 [np.zeros((1, 3, 32, 32), np.float32)], opset=13, metadata=metadata)
+    fp32 = gate.semantic_scores(json.loads((real_run / "fp32.json").read_text()))
+    scores, _ = gate.imx500_evaluation(real_run / "imx500" / "tiny" / "compile.json")
+    verdict = gate.gate_model("tiny", {gate.REFERENCE: fp32, "onnx_fp32": fp32, IMX500.gate: gate.semantic_scores(scores)},
+                              gate.GateThresholds(max_drop=100.0, max_class_drop=100.0))
+    result = build_bundle(load_exports(tmp_path / "export"), {"models": {"tiny": verdict}}, tmp_path / "quantize",
+                          tmp_path / "hailo", tmp_path / "bundle", version="v1", label_level="level1",
+                          source={"git_commit": None, "dirty": False}, runtime_source=None, imx500_dir=real_run / "imx500")
+    manifest = load_bundle(result["path"])
+    (entry,) = [e for e in manifest.models if e.is_imx500]
+    assert entry.file == "models/tiny" + IMX500.bundle_suffix and (entry.input.width, entry.input.height) == (32, 32)
+    assert (entry.input.layout, entry.input.dtype, entry.input.normalization) == ("NCHW", "uint8", None)
+    assert zipfile.is_zipfile(Path(result["path"]) / entry.file)

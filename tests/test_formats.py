@@ -31,7 +31,8 @@ def test_format_names_and_files_are_spelled_out_only_in_the_table():
 def test_every_side_names_the_same_formats():
     assert set(manifest.FORMATS) == set(formats.BY_MANIFEST_NAME)
     assert set(gate.FORMATS) == set(formats.BY_GATE_NAME)
-    assert set(loader._CPU_FORMAT_ORDER) | {formats.HEF.manifest} == set(manifest.FORMATS)
+    sensor = {fmt.manifest for fmt in formats.SENSOR_FORMATS}
+    assert set(loader._CPU_FORMAT_ORDER) | {formats.HEF.manifest} | sensor == set(manifest.FORMATS)
     assert len({fmt.stage_file for fmt in formats.ALL_FORMATS}) == len(formats.ALL_FORMATS)
     assert len({fmt.bundle_suffix for fmt in formats.ALL_FORMATS}) == len(formats.ALL_FORMATS)
 

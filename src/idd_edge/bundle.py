@@ -28,7 +28,7 @@ from typing import Any
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.jsonfile import read_json_if_present
-from idd_edge_runtime.formats import HEF, MODEL_FORMATS, ONNX_FP32, ONNX_INT8
+from idd_edge_runtime.formats import ALL_FORMATS, HEF, IMX500, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def model_entries(record: Mapping[str, Any], gate: Mapping[str, Any], files: Map
     classes = class_table(record["class_names"], record.get("label_level"))
     kind = record["output"]["kind"]
     entries = []
-    for fmt in MODEL_FORMATS:
+    for fmt in ALL_FORMATS:
         source = files.get(fmt.gate)
         result = gate["formats"].get(fmt.gate)
         if source is None or result is None or not result["passed"]:
@@ -127,7 +127,8 @@ def model_entries(record: Mapping[str, Any], gate: Mapping[str, Any], files: Map
             "sha256": None,  # filled from the copied file
             "input": {
                 "width": width, "height": height, "layout": fmt.layout, "dtype": fmt.dtype,
-                # A HEF normalises on the chip (model script); ONNX takes host-normalised float input.
+                # A HEF (model script) and an IMX500 network (first layer) normalise on the chip; ONNX takes
+                # host-normalised float input.
                 "normalization": dict(record["normalization"]) if fmt.host_normalises else None,
             },
             "output": {"kind": kind},
@@ -155,6 +156,7 @@ def build_bundle(
     label_level: str,
     source: Mapping[str, Any],
     runtime_source: Path | None = RUNTIME_SOURCE,
+    imx500_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Write `out_root/<version>/` (staged, validated with the runtime's manifest loader, swapped in)."""
     from idd_edge_runtime import manifest as manifest_schema
@@ -184,6 +186,9 @@ def build_bundle(
             if hailo["hw_arch"] is not None and built != hailo:
                 raise StageError(f"{name}: HEF built with {built}, other HEFs with {hailo}: rebuild them together")
             hailo = built
+        packaged = read_json_if_present(imx500_dir / name / "compile.json") if imx500_dir else None
+        if packaged and packaged.get("converted") and packaged.get("fits"):  # the sensor runs only what fits it
+            files[IMX500.gate] = imx500_dir / name / IMX500.stage_file
         for entry, source_file in model_entries(record, gate, files, compiled):
             destination = staging / entry["file"]
             shutil.copyfile(source_file, destination)
@@ -249,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         load_exports(Path(config.section(params, "export.out", args.params))), gate_metrics,
         Path(config.section(params, "quantize.out", args.params)), Path(config.section(params, "compile.out", args.params)),
         Path(cfg["out"]), version=version, label_level=config.section(params, "label_level.name", args.params), source=source,
+        imx500_dir=Path(config.section(params, "compile.imx500.out", args.params)),
     )
     shipped = [f"{m['name']} ({m['format']})" for m in result["manifest"]["models"]]
     log.info("bundle %s: %s", result["path"], ", ".join(shipped))

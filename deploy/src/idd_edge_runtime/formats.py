@@ -31,9 +31,9 @@ IMX500 = ModelFormat("imx500", "imx500_quantized", "packerOut.zip", "_imx500_pac
 
 #: Every format, in the order the bundle lists a model's entries (the device prefers them in this order).
 MODEL_FORMATS: Tuple[ModelFormat, ...] = (HEF, ONNX_INT8, ONNX_FP32)
-BY_MANIFEST_NAME: Dict[str, ModelFormat] = {fmt.manifest: fmt for fmt in MODEL_FORMATS}
-#: Formats that run on the camera sensor itself: built, scored and gated, not (yet) bundle entries the
-#: runtime's loader picks from.
+#: Formats that run on the camera sensor itself: bundled beside the others, but opened by their camera
+#: (`idd_edge_runtime.imx500`), never by the loader's frame-by-frame backends.
 SENSOR_FORMATS: Tuple[ModelFormat, ...] = (IMX500,)
 ALL_FORMATS: Tuple[ModelFormat, ...] = MODEL_FORMATS + SENSOR_FORMATS
+BY_MANIFEST_NAME: Dict[str, ModelFormat] = {fmt.manifest: fmt for fmt in ALL_FORMATS}
 BY_GATE_NAME: Dict[str, ModelFormat] = {fmt.gate: fmt for fmt in ALL_FORMATS}

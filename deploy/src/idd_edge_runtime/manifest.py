@@ -28,13 +28,16 @@ manifest.json (format_version 1; unknown keys are an error so a typo in the writ
                     the same network in several formats (a HEF and its ONNX fallback): same role and classes.
         name        model name shown to the user, e.g. "mbv4s-deeplabv3plus"
         role        "semantic" | "instance"
-        format      "hef" | "onnx" | "onnx-int8"
+        format      "hef" | "onnx" | "onnx-int8" | "imx500" (the IMX500 converter's packerOut.zip: on the Pi,
+                    `imx500-package -i <file> -o <dir>` writes <dir>/network.rpk for the AI Camera)
         file        path relative to the bundle, under models/, POSIX separators, e.g. "models/mbv4s.hef"
         sha256      lowercase hex SHA-256 of the file
         input
             width, height   network input size in pixels (ints > 0)
-            layout          "NCHW" | "NHWC" (a HEF takes NHWC); outputs come in the same layout
-            dtype           "float32" | "uint8" (a HEF takes uint8)
+            layout          "NCHW" | "NHWC" (a HEF takes NHWC); outputs come in the same layout (an
+                            IMX500 network takes the sensor's NCHW uint8 pixels; its C x H x W logits come from
+                            picamera2's `IMX500.get_outputs`, see imx500.py)
+            dtype           "float32" | "uint8" (a HEF and an IMX500 network take uint8)
             normalization   {mean: [r, g, b], std: [r, g, b]} applied to 0-255 RGB input on the host as
                             (x - mean) / std, or null when the graph normalises itself (always null for a HEF:
                             the model script's `normalization` layer runs on the chip)
@@ -61,7 +64,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from idd_edge_runtime.formats import BY_MANIFEST_NAME, HEF
+from idd_edge_runtime.formats import BY_MANIFEST_NAME, HEF, IMX500
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -69,7 +72,7 @@ MODELS_DIR = "models"
 RUNTIME_DIR = "runtime"
 
 ROLES = ("semantic", "instance")
-FORMATS = tuple(sorted(BY_MANIFEST_NAME))  # ("hef", "onnx", "onnx-int8")
+FORMATS = tuple(sorted(BY_MANIFEST_NAME))  # ("hef", "imx500", "onnx", "onnx-int8")
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "uint8")
 SEMANTIC_OUTPUT_KINDS = ("logits", "argmax")
@@ -162,6 +165,10 @@ class ModelEntry:
     @property
     def is_hef(self) -> bool:
         return self.format == HEF.manifest
+
+    @property
+    def is_imx500(self) -> bool:
+        return self.format == IMX500.manifest
 
     @property
     def label(self) -> str:
@@ -442,6 +449,9 @@ def _parse_input(reader: _Reader, fmt: Optional[str]) -> InputSpec:
                 "normalization",
                 "must be null for a HEF: the model script normalises on the chip (host normalisation would apply it twice)",
             )
+    if fmt == IMX500.manifest and (layout, dtype, normalization) != (IMX500.layout, IMX500.dtype, None):
+        raise reader.fail("layout", f"an IMX500 network takes the sensor's {IMX500.layout} {IMX500.dtype} pixels and "
+                                    f"normalises them itself (normalization null), manifest says {layout} {dtype}")
     if dtype == "uint8" and normalization is not None:
         raise reader.fail("normalization", "uint8 input cannot carry host normalisation; use float32 or put it on the graph")
     return InputSpec(reader.integer("width"), reader.integer("height"), layout, dtype, normalization)
