@@ -43,7 +43,7 @@ from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge_runtime.formats import IMX500
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("idd_edge.export.compile_imx500")  # also when run as __main__ in the toolchain env
 
 TOOLS_ENV_VARIABLE = "IDD_EDGE_IMX500_ENV"
 DEFAULT_TOOLS_ENV = ".venv-imx500"
