@@ -245,7 +245,8 @@ def compile_model(
     converter: Path,
     evaluate: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Quantize, score and convert one model into `out_dir` (replaced as a whole); returns its record.
+    """Quantize, convert and (when converted) score one model into `out_dir` (replaced as a whole); returns
+    its record.
 
     `calibration` is (N, H, W, 3) float32 0-255 (the calibration stage's array; the first
     `settings.calibration_images` frames are used); `evaluate(session)` scores MCT's quantized ONNX."""
@@ -264,7 +265,6 @@ def compile_model(
                               "normalization_in_graph": {"mean": list(target.mean), "std": list(target.std)},
                               "calibration_images": int(len(frames)), "quantized_onnx": onnx_path.name}
     record.update(quantize_with_mct(network, frames, settings, onnx_path))
-    record["evaluation"] = evaluate(mct_onnx_session(onnx_path)) if evaluate is not None else None
     converted, log_text = convert(onnx_path, staging / "converter", converter)
     atomic.write_text(staging / "convert.log", log_text)
     record["log"] = "convert.log"
@@ -286,6 +286,9 @@ def compile_model(
         record.update({"converted": False, "packer_out": None, "memory": None, "fits": False,
                        "reason": f"{CONVERTER} refused the model: {converter_reason(log_text)}"})
     shutil.rmtree(staging / "converter", ignore_errors=True)
+    # Scored only when the sensor can take the graph: validation costs minutes for the large student, and a
+    # refused model has no IMX500 accuracy to report.
+    record["evaluation"] = evaluate(mct_onnx_session(onnx_path)) if evaluate is not None and converted else None
     record["seconds"] = round(time.perf_counter() - started, 1)
     atomic.write_json(staging / "compile.json", record)
     atomic.replace_dir(staging, out_dir)

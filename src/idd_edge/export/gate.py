@@ -375,7 +375,7 @@ def imx500_evaluation(compile_json: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"{compile_json} not found (run `idd-edge compile-imx500`)"
     if compiled.get("evaluation"):
         return compiled["evaluation"], ""
-    return None, f"not quantized: {compiled.get('reason') or 'no evaluation recorded'}"
+    return None, f"no IMX500 score: {compiled.get('reason') or 'no evaluation recorded'}"
 
 
 def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, quant_dir: Path, hailo_dir: Path,
