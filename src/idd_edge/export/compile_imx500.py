@@ -129,7 +129,13 @@ def converter_reason(log_text: str, limit: int = 12) -> str:
 
 
 def tools_env() -> Path:
-    return Path(os.environ.get(TOOLS_ENV_VARIABLE) or DEFAULT_TOOLS_ENV)
+    """$IDD_EDGE_IMX500_ENV, else `.venv-imx500` in the working directory (DVC runs stages at the repository
+    root), else the one beside these sources (an editable checkout run from elsewhere)."""
+    if os.environ.get(TOOLS_ENV_VARIABLE):
+        return Path(os.environ[TOOLS_ENV_VARIABLE])
+    here = Path(DEFAULT_TOOLS_ENV)
+    beside_sources = Path(__file__).resolve().parents[3] / DEFAULT_TOOLS_ENV
+    return here if here.is_dir() or not beside_sources.is_dir() else beside_sources
 
 
 def missing_tools(env: Path | None = None) -> str | None:
