@@ -200,3 +200,21 @@ def test_bundle_ships_the_real_package_that_fits(real_run, tmp_path):
     assert entry.file == "models/tiny" + IMX500.bundle_suffix and (entry.input.width, entry.input.height) == (32, 32)
     assert (entry.input.layout, entry.input.dtype, entry.input.normalization) == ("NCHW", "uint8", None)
     assert zipfile.is_zipfile(Path(result["path"]) / entry.file)
+
+
+def test_real_gptq_option_exports_a_quantized_onnx(real_run, tmp_path):
+    """`compile.imx500.method: gptq` goes through MCT's GPTQ (one epoch here) to the same quantized ONNX export."""
+    driver = """
+import sys, numpy as np
+from pathlib import Path
+from idd_edge.export.compile_imx500 import Imx500Settings, normalised_network, quantize_with_mct
+from tests.export_support import TinySegNet
+network = normalised_network(TinySegNet(num_classes=4), (0.0, 0.0, 0.0), (255.0, 255.0, 255.0))
+calibration = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3)).astype(np.float32)
+print(quantize_with_mct(network, calibration, Imx500Settings(method="gptq", gptq_epochs=1), Path(sys.argv[1])))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT / "deploy" / "src"), str(REPO_ROOT)]))
+    result = subprocess.run([str(TOOLS_PYTHON), "-c", driver, str(tmp_path / "gptq.onnx")], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "'method': 'gptq'" in result.stdout and (tmp_path / "gptq.onnx").stat().st_size > 0
