@@ -120,6 +120,11 @@ compile_all([(target, calibration)], {"yolo": "semantic students only"}, out / "
 """
 
 
+def _tools_environment() -> dict:
+    """The repository's sources (and tests/, for TinySegNet) on the toolchain interpreter's path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT / "deploy" / "src"), str(REPO_ROOT)]))
+
+
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     reason = None if TOOLS_PYTHON.is_file() else f"{TOOLS_PYTHON} missing (make imx500-env)"
@@ -129,7 +134,7 @@ def real_run(tmp_path_factory):
             pytest.fail(f"CI must run the IMX500 toolchain test: {reason}")
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("imx500")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT / "deploy" / "src"), str(REPO_ROOT)]))
+    env = _tools_environment()
     result = subprocess.run([str(TOOLS_PYTHON), "-c", textwrap.dedent(DRIVER), str(out)], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -213,7 +218,7 @@ network = normalised_network(TinySegNet(num_classes=4), (0.0, 0.0, 0.0), (255.0,
 calibration = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3)).astype(np.float32)
 print(quantize_with_mct(network, calibration, Imx500Settings(method="gptq", gptq_epochs=1), Path(sys.argv[1])))
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT / "deploy" / "src"), str(REPO_ROOT)]))
+    env = _tools_environment()
     result = subprocess.run([str(TOOLS_PYTHON), "-c", driver, str(tmp_path / "gptq.onnx")], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
