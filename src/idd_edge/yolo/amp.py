@@ -94,18 +94,17 @@ def fp16_discrepancy(model: Any, image_bchw: Any, device_type: str) -> float:
 
 
 def sample_image(imgsz: int = CHECK_IMGSZ) -> Any:
-    """Ultralytics' bundled bus.jpg (no download), letterboxed to imgsz, as a (1, 3, H, W) float 0-1 tensor."""
+    """Ultralytics' bundled bus.jpg (no download), resized to imgsz x imgsz, as a (1, 3, H, W) float 0-1
+    tensor (a real street scene is all the comparison needs; the aspect ratio does not matter)."""
     import cv2
     import torch
     from ultralytics.utils import ASSETS
-
-    from idd_edge_runtime.letterbox import letterbox
 
     path = Path(ASSETS) / "bus.jpg"
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"{path}: Ultralytics' sample image is missing")
-    canvas, _geometry = letterbox(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (imgsz, imgsz))
+    canvas = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (imgsz, imgsz), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0
 
 
