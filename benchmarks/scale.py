@@ -13,12 +13,12 @@ counts for the next):
     random ConvNeXt-Atto UPerNet at IDD's cache geometry 544x960 / stride 4), and three epochs of the KD
     training loader (512x512 crops with the cached teacher logits, N workers; extrapolated per epoch).
 
-Per stage it prints wall and CPU time per frame (the stage process's own plus its workers', imports not
-timed),
-peak RSS (the stage process's, and the sum over it and its workers), bytes written (new inodes only: hard links to existing
-files are no new disk), then the DVC cache bytes
-of all outputs in a temporary DVC repo with `cache.type` copy vs hardlink, and finally the costs
-extrapolated to IDD's 12,872 train + 1,995 val frames (linear in frames; calibration: 1024 images).
+Per stage it prints wall and CPU time per frame (the stage process's own plus its workers', sampled with
+psutil; imports not timed), peak RSS (the stage process's, and the sum over it and its workers), bytes
+written (new inodes only: hard links to existing files are no new disk), then the bytes of all outputs
+and the raw frames in a temporary DVC repo after `dvc add`, cache alone and cache + workspace, with DVC's
+default `cache.type` (reflink,copy: copies on ext4) and this project's (hardlink,copy), and finally the
+costs extrapolated to IDD's 12,872 train + 1,995 val frames (linear in frames; calibration: 1024 images).
 """
 
 from __future__ import annotations
