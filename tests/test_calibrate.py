@@ -70,8 +70,9 @@ def test_calibration_set_format_coverage_and_record(splits, caplog):
         record = build_calibration_set(splits / "train", splits / "val", [splits / "val", splits / "test"],
                                        _targets(), out, num_images=8, seed=0, level=LEVEL)
     array = np.load(out / "resize_16x24.npy", allow_pickle=False)
-    assert array.shape == (8, 16, 24, 3) and array.dtype == np.float32  # NHWC
-    assert array.min() >= 0.0 and array.max() <= 255.0 and array.max() > 1.0  # raw pixels, not normalized
+    assert array.shape == (8, 16, 24, 3) and array.dtype == np.uint8  # NHWC, converted to float32 at use
+    assert array.max() > 1  # raw pixels, not normalized
+    assert record["arrays"]["resize_16x24"]["dtype"] == "uint8"
     assert record["arrays"]["resize_16x24"]["shape"] == [8, 16, 24, 3]
     # Each stored image is the preprocessed training image it names.
     first = record["images"][0]
@@ -88,6 +89,15 @@ def test_calibration_set_format_coverage_and_record(splits, caplog):
     assert json.loads((out / "calibration.json").read_text()) == record
     plot = plot_coverage(coverage, splits / "coverage.png")
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_preprocessing_with_fractional_pixels_is_refused_not_rounded(splits):
+    size_hw = (16, 24)
+    halves = {"resize_16x24": (lambda image: resize_rgb(image, size_hw) + 0.5, size_hw)}
+    with pytest.raises(StageError, match="fractional"):
+        build_calibration_set(splits / "train", splits / "val", [], halves, splits / "calib", num_images=4, seed=0,
+                              level=LEVEL)
+    assert not (splits / "calib" / "resize_16x24.npy").exists()  # the partial array is not left behind
 
 
 def test_more_images_than_the_split_holds_uses_all_and_warns(splits):

@@ -103,7 +103,8 @@ def exported(tmp_path):
     target = ModelTarget(name="tiny", onnx_path=tmp_path / "export" / "tiny" / "model.onnx", input_hw=(32, 32),
                          start_nodes=tuple(record["hailo"]["start_nodes"]), end_nodes=tuple(record["hailo"]["end_nodes"]),
                          mean=MEAN, std=STD)
-    calibration = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
+    # uint8, as `idd-edge calibrate` stores it; the DFC must get float32 (checked below)
+    calibration = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype(np.uint8)
     return tmp_path, target, calibration
 
 
@@ -143,7 +144,7 @@ def test_contract_call_sequence_nodes_script_and_calibration(exported, monkeypat
     )
     calib = args["optimize"]["calib_data"]
     assert isinstance(calib, np.ndarray) and calib.shape == (5, 32, 32, 3) and calib.dtype == np.float32
-    np.testing.assert_array_equal(calib, calibration)  # raw 0-255 NHWC, untouched
+    np.testing.assert_array_equal(calib, calibration)  # raw 0-255 NHWC, values untouched
     assert args["infer_context"]["context"] == "SDK_QUANTIZED"
     assert args["infer"]["shape"] == (1, 32, 32, 3) and args["infer"]["dtype"] == "float32"
 

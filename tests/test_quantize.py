@@ -49,6 +49,19 @@ def test_quantized_model_is_qdq_per_channel_and_close_to_fp32(tmp_path):
     assert agree > 0.9
 
 
+def test_uint8_calibration_as_stored_gives_the_same_int8_model_as_float32(tmp_path):
+    # `idd-edge calibrate` stores uint8 (its values are whole 0-255 pixels); the model must not change.
+    fp32 = tmp_path / "model.onnx"
+    fp32.write_bytes(export_to_onnx(TinySegNet(num_classes=5), (32, 32), opset=13).SerializeToString())
+    calibration = _calibration(8)
+    np.save(tmp_path / "calib.npy", calibration.astype(np.uint8))
+    stored = load_calibration(tmp_path / "calib.npy", (32, 32))
+    assert stored.dtype == np.uint8 and isinstance(stored, np.memmap)
+    quantize_model(fp32, calibration, tmp_path / "from_float32.onnx", mean=MEAN, std=STD)
+    quantize_model(fp32, stored, tmp_path / "from_uint8.onnx", mean=MEAN, std=STD)
+    assert (tmp_path / "from_uint8.onnx").read_bytes() == (tmp_path / "from_float32.onnx").read_bytes()
+
+
 def _tail_graph() -> onnx.ModelProto:
     """conv -> (end node) -> sigmoid -> mul: the tail after the end node is host work."""
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
@@ -80,7 +93,7 @@ def test_unknown_end_node_and_bad_calibration_are_reported(tmp_path):
         end_tensors(_tail_graph(), ["nope"])
     bad = tmp_path / "calib.npy"
     np.save(bad, np.zeros((2, 8, 8, 3), dtype=np.float64))
-    with pytest.raises(InputError, match="float32"):
+    with pytest.raises(InputError, match="uint8 or float32, got .* float64"):
         load_calibration(bad, (8, 8))
     with pytest.raises(InputError, match="not found"):
         load_calibration(tmp_path / "missing.npy", (8, 8))

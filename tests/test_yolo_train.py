@@ -119,7 +119,7 @@ def train_node(**changes) -> dict:
 
 @pytest.mark.parametrize(
     ("changes", "problem"),
-    [({"amp": True}, "AMP check downloads"), ({"cache": "disk"}, "cache"), ({"imgsz": 100}, "multiple of 32")],
+    [({"amp": "fp16"}, "amp must be false, true"), ({"cache": "disk"}, "cache"), ({"imgsz": 100}, "multiple of 32")],
 )
 def test_settings_refuse_what_would_go_online_or_break(changes, problem):
     with pytest.raises(InputError, match=problem):

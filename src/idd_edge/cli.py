@@ -36,6 +36,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.export.gate",
     "idd_edge.bundle",
     "idd_edge.ship",
+    "idd_edge.weights",
 )
 
 log = logging.getLogger("idd_edge")

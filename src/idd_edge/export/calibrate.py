@@ -1,9 +1,12 @@
 """`idd-edge calibrate`: the calibration set for INT8 quantization (ONNX Runtime and the Hailo DFC).
 
 Images come from the training split only, chosen so that every class is seen (stratified: the class with
-the fewest chosen images so far gets the next pick), and are stored in the DFC's own format: one NHWC
-float32 `.npy` of raw 0-255 RGB pixels per model input (the model script adds the normalization on the
-chip; ONNX Runtime's reader normalizes in software). A coverage report compares the class pixel share of
+the fewest chosen images so far gets the next pick), and stored as one NHWC uint8 `.npy` of raw 0-255 RGB
+pixels per model input. The Hailo DFC takes float32 0-255 (the model script adds the normalization on the
+chip) and ONNX Runtime's reader normalizes in software: both convert at use. The preprocessed pixels are
+whole numbers 0-255 (OpenCV resizes and letterboxes uint8 frames), so uint8 holds them exactly at a quarter
+of float32's size (1024 images at 512x512: 0.8 instead of 3.2 GB on disk and in the DVC cache); a
+preprocessing that made fractional values would fail the stage instead of being rounded. A coverage report compares the class pixel share of
 the calibration set with the validation split, and a leakage check fails the stage when a calibration
 image has the same pixels as any validation or test image (content hash, so renamed copies are caught).
 
@@ -37,6 +40,8 @@ DFC_RECOMMENDED_IMAGES = 1024
 
 #: Turns one RGB uint8 image into the (H, W, 3) float32 0-255 array the model input expects.
 Preprocess = Callable[[np.ndarray], np.ndarray]
+#: How the calibration arrays are stored: exactly the preprocessed 0-255 pixels (see the module docstring).
+STORED_DTYPE = np.dtype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -165,22 +170,35 @@ def leakage_check(calibration_hashes: Mapping[str, str], held_out: Sequence[Samp
     return overlaps
 
 
+def as_stored_pixels(image: np.ndarray, what: str) -> np.ndarray:
+    """`image` as uint8, refusing values that are not whole numbers in 0-255 (they would be rounded)."""
+    pixels = np.asarray(image)
+    if pixels.dtype == STORED_DTYPE:
+        return pixels
+    stored = np.clip(pixels, 0, 255).astype(STORED_DTYPE)
+    if not np.array_equal(stored, pixels):
+        low, high = float(pixels.min()), float(pixels.max())
+        raise StageError(f"{what}: preprocessed pixels span {low}..{high} or are fractional; calibration arrays "
+                         "hold whole 0-255 values (uint8)")
+    return stored
+
+
 def write_npy_streamed(path: Path, images: Iterable[np.ndarray], count: int, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Write `count` (H, W, 3) float32 arrays as one (count, H, W, 3) `.npy`, one image in memory at a time
-    (1024 images at 512x512 are 3.2 GB). Returns the array's shape and value range."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-              "shape": (count, *shape)}
-    low, high, written = np.inf, -np.inf, 0
+    """Write `count` (H, W, 3) 0-255 images as one (count, H, W, 3) uint8 `.npy`, one image in memory at a
+    time (1024 images at 512x512 are 0.8 GB). Returns the array's shape and value range."""
+    header = {"descr": np.lib.format.dtype_to_descr(STORED_DTYPE), "fortran_order": False, "shape": (count, *shape)}
+    low, high, written = 255, 0, 0
     with atomic.atomic_open(path, "wb") as handle:
         np.lib.format.write_array_header_2_0(handle, header)
         for image in images:
-            if image.shape != shape or image.dtype != np.float32:
-                raise StageError(f"{path}: preprocessed image has shape {image.shape} {image.dtype}, expected {shape} float32")
-            handle.write(np.ascontiguousarray(image).tobytes())
-            low, high, written = min(low, float(image.min())), max(high, float(image.max())), written + 1
+            if image.shape != shape:
+                raise StageError(f"{path}: preprocessed image has shape {image.shape}, expected {shape}")
+            pixels = as_stored_pixels(image, f"{path} image {written}")
+            handle.write(np.ascontiguousarray(pixels).tobytes())
+            low, high, written = min(low, int(pixels.min())), max(high, int(pixels.max())), written + 1
         if written != count:
             raise StageError(f"{path}: wrote {written} images, expected {count}")
-    return {"shape": [count, *shape], "dtype": "float32", "layout": "NHWC", "min": low, "max": high}
+    return {"shape": [count, *shape], "dtype": STORED_DTYPE.name, "layout": "NHWC", "min": low, "max": high}
 
 
 def build_calibration_set(
@@ -231,11 +249,9 @@ def build_calibration_set(
     for key, (preprocess, size_hw) in targets.items():
         def preprocessed(preprocess: Preprocess = preprocess, key: str = key) -> Iterable[np.ndarray]:
             for sample in tqdm(calib_samples, desc=f"calibration {key}", leave=False):
-                yield np.asarray(preprocess(read_rgb(sample.image)), dtype=np.float32)
+                yield preprocess(read_rgb(sample.image))
 
         info = write_npy_streamed(out_dir / f"{key}.npy", preprocessed(), len(calib_samples), (*size_hw, 3))
-        if info["min"] < 0.0 or info["max"] > 255.0:
-            raise StageError(f"{key}: calibration values span {info['min']}..{info['max']}, expected raw 0-255 pixels")
         arrays[key] = {"file": f"{key}.npy", **info}
 
     val_counts = class_pixel_counts((s.mask for s in val), level, workers, "val masks")
@@ -298,7 +314,7 @@ def plot_coverage(coverage: Mapping[str, Any], path: Path) -> Path:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("calibrate", help="calibration set (NHWC float32 0-255 .npy) for INT8 quantization")
+    parser = subparsers.add_parser("calibrate", help="calibration set (NHWC uint8 0-255 .npy) for INT8 quantization")
     parser.add_argument("--params", default="params.yaml")
     parser.set_defaults(handler=_run)
 

@@ -206,12 +206,14 @@ def compile_model(
 ) -> dict[str, Any]:
     """Run the DFC flow for one model into `out_dir` (replaced as a whole at the end).
 
-    `calibration` is (N, H, W, 3) float32 raw 0-255; `evaluate(infer)` scores the quantized emulation,
+    `calibration` is (N, H, W, 3) raw 0-255 pixels, uint8 as stored (float32 accepted), handed to the DFC
+    as the float32 it wants; `evaluate(infer)` scores the quantized emulation,
     where `infer(nhwc_batch)` returns the emulator's output. Returns the `compile.json` record.
     """
-    if calibration.ndim != 4 or calibration.shape[1:] != (*target.input_hw, 3) or calibration.dtype != np.float32:
+    if (calibration.ndim != 4 or calibration.shape[1:] != (*target.input_hw, 3)
+            or calibration.dtype not in (np.uint8, np.float32)):
         raise StageError(f"{target.name}: calibration must be (N, {target.input_hw[0]}, {target.input_hw[1]}, 3) "
-                         f"float32, got {calibration.shape} {calibration.dtype}")
+                         f"uint8 or float32, got {calibration.shape} {calibration.dtype}")
     sdk = importlib.import_module(DFC_MODULE)
     dfc_version = getattr(sdk, "__version__", None)
     check_dfc_line(dfc_version, settings.hw_arch)
@@ -257,7 +259,7 @@ def _run_dfc(sdk: Any, target: ModelTarget, settings: HailoSettings, script: str
     )
     runner.save_har(str(staging / HAR_FILES["parsed"]))
     runner.load_model_script(script)
-    runner.optimize(np.ascontiguousarray(calibration))
+    runner.optimize(np.ascontiguousarray(calibration, dtype=np.float32))  # the DFC's format: NHWC float32 0-255
     runner.save_har(str(staging / HAR_FILES["optimized"]))
     record["emulation"] = None
     if evaluate is not None:

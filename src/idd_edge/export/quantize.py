@@ -107,16 +107,21 @@ def _copy_metadata(source: Any, target: Any) -> None:
             target.metadata_props.add(key=prop.key, value=prop.value)
 
 
+#: Calibration arrays: uint8 as `idd-edge calibrate` writes them; float32 as it wrote them before.
+CALIBRATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
+
+
 def load_calibration(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
-    """Memory-map a calibration array and check it is (N, H, W, 3) float32 in 0-255."""
+    """Memory-map a calibration array and check it is (N, H, W, 3) raw 0-255 pixels (uint8; float32 is
+    read too). Consumers convert one image or batch at a time to float32 (`to_model_input`)."""
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "calibration array not found; run `idd-edge calibrate`") from None
     except ValueError as exc:
         raise InputError(path, f"not a calibration array: {exc}") from None
-    if images.ndim != 4 or images.shape[1:] != (*size_hw, 3) or images.dtype != np.float32 or not len(images):
-        raise InputError(path, f"expected (N, {size_hw[0]}, {size_hw[1]}, 3) float32, got {images.shape} {images.dtype}")
+    if images.ndim != 4 or images.shape[1:] != (*size_hw, 3) or images.dtype not in CALIBRATION_DTYPES or not len(images):
+        raise InputError(path, f"expected (N, {size_hw[0]}, {size_hw[1]}, 3) uint8 or float32, got {images.shape} {images.dtype}")
     return images
 
 

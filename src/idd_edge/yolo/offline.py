@@ -11,7 +11,8 @@ before the first import:
 * `ULTRALYTICS_SAFE_LOAD=1`: checkpoints load with `torch.load(weights_only=True)` and an allow-list.
 * Arial.ttf: Ultralytics looks for it in its config dir before downloading; we place matplotlib's
   bundled DejaVu Sans there under the names it asks for (it only draws plot labels with it).
-* AMP: the fp16 check downloads a model, so training accepts only amp false or "bf16" (see train.py).
+* AMP: Ultralytics' fp16 check downloads a model; `amp.py` runs the same check on the model being
+  trained and answers Ultralytics' with its result.
 
 `tests/test_yolo_train.py` proves it: a training run through the CLI with an audit hook that fails on
 any internet socket or DNS lookup.

@@ -21,12 +21,10 @@ from pathlib import Path
 from idd_edge import atomic, config
 from idd_edge.errors import InputError
 from idd_edge.yolo import results
+from idd_edge.yolo.amp import AMP_CHOICES, answered_amp_check, resolve_amp
 from idd_edge.yolo.offline import import_ultralytics
 
 log = logging.getLogger(__name__)
-
-#: Ultralytics' fp16 AMP check downloads yolo26n.pt; bf16 skips that check.
-AMP_CHOICES = (False, "bf16")
 
 
 @dataclass(frozen=True)
@@ -67,12 +65,9 @@ class TrainSettings:
             )
         except KeyError as exc:
             raise InputError(source, f"yolo.train is missing {exc}; recompose with `idd-edge params`") from None
-        if settings.amp not in AMP_CHOICES:
-            raise InputError(
-                source,
-                f"yolo.train.amp must be false or bf16, got {settings.amp!r}: "
-                "Ultralytics' fp16 AMP check downloads a model",
-            )
+        if not any(settings.amp is choice if isinstance(choice, bool) else settings.amp == choice
+                   for choice in AMP_CHOICES):  # `is` for booleans: 0 and 1 are no AMP setting
+            raise InputError(source, f"yolo.train.amp must be false, true (fp16 on CUDA) or bf16, got {settings.amp!r}")
         if settings.cache not in (False, "ram"):
             raise InputError(
                 source, f"yolo.train.cache must be false or ram, got {settings.cache!r} (disk writes into the dataset)"
@@ -129,35 +124,37 @@ def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
             settings.model,
         )
 
+    amp = resolve_amp(settings.amp, settings.device, settings.model, settings.pretrained, num_classes)
     out.mkdir(parents=True, exist_ok=True)
     staging = (out / ".train.staging").resolve()
     if staging.exists():
         shutil.rmtree(staging)
-    YOLO(settings.model, task="segment").train(
-        data=str(data_yaml.resolve()),
-        epochs=settings.epochs,
-        imgsz=settings.imgsz,
-        batch=settings.batch,
-        workers=settings.workers,
-        device=settings.device,
-        patience=settings.patience,
-        amp=settings.amp,
-        cache=settings.cache,
-        plots=settings.plots,
-        seed=settings.seed,
-        optimizer=settings.optimizer,
-        lr0=settings.lr0,
-        nbs=settings.nbs,
-        warmup_epochs=settings.warmup_epochs,
-        close_mosaic=settings.close_mosaic,
-        val=settings.val,
-        deterministic=True,
-        pretrained=str(settings.pretrained) if init["weights"] else False,
-        project=str(staging.parent),
-        name=staging.name,
-        exist_ok=True,
-        verbose=True,
-    )
+    with answered_amp_check(amp):  # Ultralytics' own check would download yolo26n.pt
+        YOLO(settings.model, task="segment").train(
+            data=str(data_yaml.resolve()),
+            epochs=settings.epochs,
+            imgsz=settings.imgsz,
+            batch=settings.batch,
+            workers=settings.workers,
+            device=settings.device,
+            patience=settings.patience,
+            amp=amp.amp,
+            cache=settings.cache,
+            plots=settings.plots,
+            seed=settings.seed,
+            optimizer=settings.optimizer,
+            lr0=settings.lr0,
+            nbs=settings.nbs,
+            warmup_epochs=settings.warmup_epochs,
+            close_mosaic=settings.close_mosaic,
+            val=settings.val,
+            deterministic=True,
+            pretrained=str(settings.pretrained) if init["weights"] else False,
+            project=str(staging.parent),
+            name=staging.name,
+            exist_ok=True,
+            verbose=True,
+        )
     rows = results.read_results(staging / "results.csv")
     metrics = {**results.summarize(rows), "init": {"transferred": init["transferred"], "total": init["total"]}}
     atomic.replace_dir(staging, out / "train")
