@@ -25,7 +25,6 @@ _STD_POSITION = 1.0 / 20
 _STD_VELOCITY = 1.0 / 160
 _MOTION = np.eye(8)
 _MOTION[:4, 4:] = np.eye(4)
-_PROJECT = np.eye(4, 8)
 
 TRACKED, LOST, REMOVED = 0, 1, 2
 
@@ -70,16 +69,10 @@ class _Track:
         self.activated = frame == 1  # a track born after the first frame must be seen twice to count
         self.frame = self.start_frame = frame
 
-    def correct(self, detection: "_Track", frame: int) -> None:
-        """Kalman update with the matched detection; the track is (again) tracked and confirmed."""
-        h = self.mean[3]
-        noise = np.diag(np.array([_STD_POSITION * h, _STD_POSITION * h, 1e-1, _STD_POSITION * h]) ** 2)
-        projected_cov = _PROJECT @ self.covariance @ _PROJECT.T + noise
-        gain = np.linalg.solve(projected_cov, _PROJECT @ self.covariance).T  # covariance is symmetric
-        self.mean = self.mean + gain @ (_xyxy_to_xyah(detection.box) - _PROJECT @ self.mean)
-        self.covariance = self.covariance - gain @ projected_cov @ gain.T
+    def take(self, detection: "_Track", frame: int) -> None:
+        """Matched to `detection`: (again) tracked and confirmed; the Kalman update follows in _correct."""
         self.state, self.activated, self.frame = TRACKED, True, frame
-        self.score, self.class_id, self.index = detection.score, detection.class_id, detection.index
+        self.score, self.class_id, self.index, self.box = detection.score, detection.class_id, detection.index, detection.box
 
     def xyxy(self) -> np.ndarray:
         cx, cy, aspect, h = self.mean[:4]
@@ -101,6 +94,28 @@ def _predict(tracks: Sequence[_Track]) -> None:
                      _STD_VELOCITY * h, _STD_VELOCITY * h, np.full_like(h, 1e-5), _STD_VELOCITY * h])  # fmt: skip
     means = means @ _MOTION.T
     covariances = _MOTION @ covariances @ _MOTION.T + std[:, :, None] ** 2 * np.eye(8)
+    for track, mean, covariance in zip(tracks, means, covariances):
+        track.mean, track.covariance = mean, covariance
+
+
+def _correct(tracks: Sequence[_Track]) -> None:
+    """Kalman update of all matched tracks at once with their new boxes (one batched 4x4 solve).
+
+    Deferred to the end of the frame: the later association stages only look at tracks not matched yet,
+    whose predicted state this does not touch.
+    """
+    if not tracks:
+        return
+    means = np.stack([t.mean for t in tracks])
+    covariances = np.stack([t.covariance for t in tracks])
+    measured = np.stack([_xyxy_to_xyah(t.box) for t in tracks])
+    h = means[:, 3:4]
+    std = np.hstack([_STD_POSITION * h, _STD_POSITION * h, np.full_like(h, 1e-1), _STD_POSITION * h])
+    projected_cov = covariances[:, :4, :4] + std[:, :, None] ** 2 * np.eye(4)
+    # gain = P H^T S^-1, from S gain^T = H P (P and S are symmetric)
+    gain = np.linalg.solve(projected_cov, covariances[:, :4, :]).transpose(0, 2, 1)
+    means = means + (gain @ (measured - means[:, :4])[:, :, None])[:, :, 0]
+    covariances = covariances - gain @ projected_cov @ gain.transpose(0, 2, 1)
     for track, mean, covariance in zip(tracks, means, covariances):
         track.mean, track.covariance = mean, covariance
 
@@ -182,12 +197,12 @@ class ByteTracker:
 
         pairs, unmatched_tracks, unmatched_high = greedy_match(_cost(pool, high, cfg.fuse_score), cfg.match)
         for t, d in pairs:
-            pool[t].correct(high[d], self.frame)
+            pool[t].take(high[d], self.frame)
             updated.append(pool[t])
         remaining = [pool[t] for t in unmatched_tracks if pool[t].state == TRACKED]
         pairs, still_unmatched, _ = greedy_match(_cost(remaining, low, False), 0.5)
         for t, d in pairs:
-            remaining[t].correct(low[d], self.frame)
+            remaining[t].take(low[d], self.frame)
             updated.append(remaining[t])
         for t in still_unmatched:
             remaining[t].state = LOST
@@ -196,8 +211,9 @@ class ByteTracker:
         leftover = [high[d] for d in unmatched_high]
         pairs, dropped, unmatched_new = greedy_match(_cost(unconfirmed, leftover, cfg.fuse_score), 0.7)
         for t, d in pairs:
-            unconfirmed[t].correct(leftover[d], self.frame)
+            unconfirmed[t].take(leftover[d], self.frame)
             updated.append(unconfirmed[t])
+        _correct(list(updated))  # the tracks matched in any stage (new tracks below start from their box)
         for t in dropped:
             unconfirmed[t].state = REMOVED
             removed_now.append(unconfirmed[t])
