@@ -115,7 +115,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.headless:
             return _headless(engine, box, args)
         if args.serve:
-            from idd_edge_runtime.server import serve  # Flask only when serving
+            try:
+                from idd_edge_runtime.server import serve  # Flask only when serving
+            except ImportError as exc:
+                print(
+                    f"idd-edge-runtime: error: --serve needs Flask ({exc}): `sudo apt install python3-flask` on the Pi, "
+                    "or `pip install 'idd-edge-runtime[serve]'`",
+                    file=sys.stderr,
+                )
+                return 2
 
             source = open_source(args.source, args.width, args.height, realtime=True, loop=args.loop)
             try:
