@@ -310,7 +310,7 @@ def temporal_ms(clip: List[FrameResult], repeats: int) -> Tuple[float, float, Li
         for frame in clip:
             result = FrameResult(frame.index, frame.frame, frame.settings, labels=frame.labels, detections=frame.detections)
             memory.apply(result)
-            smoothed.append(result.labels)
+            smoothed.append(result.shown_labels)
         tracked[0] = int((result.track_ids >= 0).sum())
 
     best, median = cpu_ms(run, repeats)

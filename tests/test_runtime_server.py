@@ -227,6 +227,9 @@ def test_token_is_required_on_every_route(tmp_path: Path) -> None:
         assert served.request("api/status")[1]["settings"]["model"] == "seg-logits"  # the refused switch did nothing
         with urllib.request.urlopen(served.url + "frame.jpg?token=s3cret", timeout=10) as response:
             assert response.status == 200  # the page's <img> and stream carry it in the URL
+        # A viewer still watching the stream when the service stops: a clean exit all the same (stop_server checks 0).
+        watching = urllib.request.urlopen(served.url + "stream.mjpg?token=s3cret", timeout=10)
+        assert watching.readline() == b"--frame\r\n"
     finally:
         stop_server(served)
 

@@ -84,6 +84,12 @@ class FrameResult:
     errors: List[str] = field(default_factory=list)
     privacy_incomplete: bool = False
     track_ids: Optional[np.ndarray] = None  # (n,) int64 per detection, -1 = not a confirmed track yet
+    smoothed_labels: Optional[np.ndarray] = None  # `labels` after temporal smoothing (None: smoothing off)
+
+    @property
+    def shown_labels(self) -> Optional[np.ndarray]:
+        """The class map the overlay shows; privacy blurs by this frame's own `labels`, never a delayed map."""
+        return self.smoothed_labels if self.smoothed_labels is not None else self.labels
 
 
 class StreamMemory:
@@ -108,7 +114,7 @@ class StreamMemory:
         if settings.smoothing > 1 and result.labels is not None:
             if self._smoother is None or self._smoother.persistence != settings.smoothing or self._smoothed_model != settings.semantic:
                 self._smoother, self._smoothed_model = LabelPersistence(settings.smoothing), settings.semantic
-            result.labels = self._smoother(result.labels)
+            result.smoothed_labels = self._smoother(result.labels)
         else:
             self._smoother = None
         result.timings.postprocess_ms += _ms(start)
@@ -212,8 +218,9 @@ class Engine:
                 render.blur_instances(out, result.detections, self.instance_private_ids)
             elif result.labels is not None and result.semantic_model is not None:
                 render.blur_label_pixels(out, result.labels, self._semantic_private_ids(result.semantic_model))
-        if result.labels is not None and result.semantic_model is not None and settings.alpha > 0:
-            render.blend_semantic(out, result.labels, result.semantic_model.palette, settings.alpha)
+        shown = result.shown_labels
+        if shown is not None and result.semantic_model is not None and settings.alpha > 0:
+            render.blend_semantic(out, shown, result.semantic_model.palette, settings.alpha)
         instance = self.loaded.instance
         if result.detections is not None and settings.yolo and instance is not None:
             render.draw_instances(

@@ -79,6 +79,16 @@ class LiveFrames:
         self.result: Optional[FrameResult] = None
         self.timings: Deque[Tuple[float, float]] = collections.deque(maxlen=TIMING_WINDOW)
         self.messages: Deque[str] = collections.deque(maxlen=10)
+        self.closed = False
+        self.streams = 0  # MJPEG responses being written
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End every MJPEG stream and wait for them: a daemon thread still inside OpenCV while the
+        interpreter exits aborts the process (C++ terminate), which systemd would count as a failure."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self.streams == 0, timeout)
 
     def publish(self, annotated: np.ndarray, result: FrameResult) -> None:
         with self._cond:
@@ -93,8 +103,19 @@ class LiveFrames:
 
     def wait_newer(self, sequence: int, timeout: float) -> Tuple[int, Optional[np.ndarray]]:
         with self._cond:
-            self._cond.wait_for(lambda: self.sequence > sequence, timeout)
+            self._cond.wait_for(lambda: self.sequence > sequence or self.closed, timeout)
             return self.sequence, self.frame
+
+    def stream_started(self) -> bool:
+        with self._cond:
+            if not self.closed:
+                self.streams += 1
+            return not self.closed
+
+    def stream_ended(self) -> None:
+        with self._cond:
+            self.streams -= 1
+            self._cond.notify_all()
 
     def mean_timings(self) -> Dict[str, Optional[float]]:
         with self._cond:
@@ -132,8 +153,9 @@ def result_json(result: FrameResult, engine: Engine) -> Dict[str, Any]:
             })  # fmt: skip
     histogram = None
     model = result.semantic_model
-    if result.labels is not None and model is not None:
-        counts = np.bincount(result.labels.ravel(), minlength=len(model.class_names))
+    shown = result.shown_labels
+    if shown is not None and model is not None:
+        counts = np.bincount(shown.ravel(), minlength=len(model.class_names))
         total = max(int(counts.sum()), 1)
         histogram = {name: round(int(counts[i]) / total, 5) for i, name in enumerate(model.class_names) if counts[i]}
     timings = result.timings
@@ -216,13 +238,18 @@ def create_app(engine: Engine, settings: SettingsBox, live: LiveFrames, pipeline
     @app.get("/stream.mjpg")
     def stream() -> Response:
         def parts() -> Iterator[bytes]:
-            sequence = 0
-            while True:
-                sequence, image = live.wait_newer(sequence, timeout=5.0)
-                if image is None:
-                    continue
-                data = jpeg(image)
-                yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n"
+            if not live.stream_started():
+                return
+            try:
+                sequence = 0
+                while not live.closed:
+                    sequence, image = live.wait_newer(sequence, timeout=5.0)
+                    if image is None or live.closed:
+                        continue
+                    data = jpeg(image)
+                    yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n"
+            finally:  # also when the client went away (werkzeug closes the generator)
+                live.stream_ended()
 
         return Response(parts(), mimetype="multipart/x-mixed-replace; boundary=frame", headers={"Cache-Control": "no-store"})
 
@@ -344,6 +371,7 @@ def serve(engine: Engine, settings: SettingsBox, source: Any, host: str, port: i
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.shutdown()
+        live.close()
         pipeline.stop()
         pipeline.wait(5)
     return 1 if pipeline.failure else 0
