@@ -2,7 +2,8 @@
 
 Chromium is driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages ended
 by NUL on fds 3 and 4), so no WebDriver or websocket package is needed. Two screenshots a second apart
-must show different overlay pictures (the clip's car moves), and a control of the page must change the
+must show different overlay pictures (the clip's car moves; the second is retried for up to 15 s on a
+loaded machine), and a control of the page must change the
 runtime's settings. Without chromium the test skips locally and FAILS in CI (`.ci/run` installs it).
 """
 
@@ -123,23 +124,27 @@ def _overlay(browser: DevTools, session: str, tmp_path: Path, name: str) -> np.n
 
 def test_live_page_updates_and_its_controls_work(browser: DevTools, tmp_path: Path) -> None:
     bundle = build_onnx_bundle(tmp_path / "bundle")
-    served: Served = start_server(bundle, write_video(tmp_path / "clip.avi", frames=20, moving=True, fps=25))
+    served: Served = start_server(bundle, write_video(tmp_path / "clip.avi", frames=23, moving=True, fps=25))
     try:
         target = browser.send("Target.createTarget", url=served.url)["targetId"]
         session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         _wait_for(lambda: (browser.evaluate(session, "document.getElementById('live').naturalWidth") or 0) > 0)
         _wait_for(lambda: "FPS" in browser.evaluate(session, "document.getElementById('fps').textContent")
                   and "inference" in browser.evaluate(session, "document.getElementById('split').textContent"))  # fmt: skip
+        browser.send("Page.bringToFront", session)  # a background tab may not repaint its <img>
         first = _overlay(browser, session, tmp_path, "first.png")
-        time.sleep(1.0)
-        second = _overlay(browser, session, tmp_path, "second.png")
         assert first.shape[0] > 300 and first.shape[1] > 400  # the 160x120 clip scaled to the page's width
-        assert abs(first.shape[0] - second.shape[0]) <= 1 and abs(first.shape[1] - second.shape[1]) <= 1
         assert first.std() > 20  # a drawn overlay, not an empty box
-        # The box's fractional edges may round to one pixel more or less from one moment to the next.
-        rows, cols = min(first.shape[0], second.shape[0]), min(first.shape[1], second.shape[1])
-        changed = np.abs(first[:rows, :cols].astype(np.int16) - second[:rows, :cols].astype(np.int16)).max(axis=2) > 40
-        assert changed.mean() > 0.01, "the overlay did not update between the two screenshots"
+        # A second moment: the car has moved. On a loaded machine the stream may lag, so look a few times.
+        deadline, changed = time.monotonic() + 15, 0.0
+        while changed <= 0.01 and time.monotonic() < deadline:
+            time.sleep(1.0)
+            second = _overlay(browser, session, tmp_path, "second.png")
+            # The box's fractional edges may round to one pixel more or less from one moment to the next.
+            assert abs(first.shape[0] - second.shape[0]) <= 1 and abs(first.shape[1] - second.shape[1]) <= 1
+            rows, cols = min(first.shape[0], second.shape[0]), min(first.shape[1], second.shape[1])
+            changed = float((np.abs(first[:rows, :cols].astype(np.int16) - second[:rows, :cols].astype(np.int16)).max(axis=2) > 40).mean())
+        assert changed > 0.01, f"the overlay did not update within 15 s ({100 * changed:.2f}% of its pixels changed)"
 
         browser.evaluate(session, "const m = document.getElementById('model'); m.value = 'seg-argmax'; m.dispatchEvent(new Event('change'));")
         _wait_for(lambda: served.request("api/status")[1]["settings"]["model"] == "seg-argmax")

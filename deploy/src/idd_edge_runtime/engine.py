@@ -152,7 +152,9 @@ class Engine:
 
     def infer(self, frame: np.ndarray, settings: Settings, index: int = 0, memory: Optional[StreamMemory] = None) -> FrameResult:
         """Run the models on `frame`; with `memory`, instances are tracked and the class map smoothed."""
-        with self._lock:  # the pipeline and HTTP requests share the models; HailoRT sessions are not reentrant
+        # One model run at a time: the pipeline and HTTP requests share the sessions, and while ONNX Runtime
+        # allows concurrent runs, nothing documents that HailoRT's InferModel does.
+        with self._lock:
             result = self._infer(frame, settings, index)
         if memory is not None:
             memory.apply(result)
