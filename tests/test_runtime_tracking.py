@@ -119,6 +119,8 @@ def test_lost_tracks_are_forgotten_after_the_buffer() -> None:
         tracker.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
     again = [tracker.update(box, np.array([0.9]), np.array([0]))[0] for _ in range(2)]
     assert again == [-1, 2]  # a new track: unconfirmed on its first frame, a new id after that
+    tracker.reset()  # forgets the tracks (a track on the first frame after it counts at once, as on frame 1) ...
+    assert [tracker.update(box, np.array([0.9]), np.array([0]))[0] for _ in range(2)] == [3, 3]  # ... not the ids
 
 
 def test_greedy_match_and_iou() -> None:

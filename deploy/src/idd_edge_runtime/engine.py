@@ -110,7 +110,7 @@ class StreamMemory:
         if settings.tracking and detections is not None:
             result.track_ids = self.tracker.update(detections.boxes, detections.scores, detections.class_ids)
         elif self.tracker.frame:
-            self.tracker.reset()  # ids restart after the tracker was off: stale tracks would match wrongly
+            self.tracker.reset()  # after a pause, stale tracks would match the wrong objects
         if settings.smoothing > 1 and result.labels is not None:
             if self._smoother is None or self._smoother.persistence != settings.smoothing or self._smoothed_model != settings.semantic:
                 self._smoother, self._smoothed_model = LabelPersistence(settings.smoothing), settings.semantic

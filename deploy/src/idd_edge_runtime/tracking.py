@@ -174,7 +174,8 @@ class ByteTracker:
         self._removed_ids: set = set()
 
     def reset(self) -> None:
-        self.tracked, self.lost, self.frame, self._next_id, self._removed_ids = [], [], 0, 1, set()
+        """Forget every track; ids go on counting, so a client never sees an old id on a new object."""
+        self.tracked, self.lost, self.frame, self._removed_ids = [], [], 0, set()
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
         """Track ids (int64, -1 for none) of the frame's detections, in their order."""
