@@ -212,12 +212,21 @@ def make_frame(width: int = 160, height: int = 120) -> np.ndarray:
     return frame
 
 
-def write_video(path: Path, frames: int = 12, width: int = 160, height: int = 120) -> Path:
+def write_video(path: Path, frames: int = 12, width: int = 160, height: int = 120, moving: bool = False, fps: float = 10.0) -> Path:
+    """MJPG clip of make_frame(); `moving`: the blue "car" block slides 6 px right per frame, wrapping around
+    right of the "person" (which stays where it is)."""
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     base = make_frame(width, height)
-    for _ in range(frames):
-        writer.write(base)
+    for index in range(frames):
+        frame = base
+        if moving:
+            frame = base.copy()
+            frame[CAR_REGION] = 110
+            rows, cols = CAR_REGION
+            free = PERSON_REGION[1].stop  # first column right of the person
+            frame[rows, free + (np.arange(cols.start, cols.stop) - free + 6 * index) % (width - free)] = (230, 0, 0)
+        writer.write(frame)
     writer.release()
     return path

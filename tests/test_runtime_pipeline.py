@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import List
 
@@ -184,3 +185,30 @@ def test_video_file_source_reports_its_end(video: Path) -> None:
     statuses = [source.read().status for _ in range(9)]
     assert statuses == [sources.FRAME] * 8 + [sources.END]
     source.close()
+
+
+def test_stream_memory_tracks_smooths_and_privacy_never_waits_for_smoothing(bundle: Path) -> None:
+    from idd_edge_runtime.engine import StreamMemory
+    from tests._runtime_bundle import PERSON_REGION
+
+    loaded = load_runtime(bundle, backend="onnx", onnx_threads=1)
+    try:
+        engine, memory = Engine(loaded), StreamMemory()
+        settings = Settings(semantic="seg-logits", yolo=True, tracking=True, smoothing=3)
+        road = np.full_like(make_frame(), 110)
+        results = [engine.infer(frame, settings, i, memory) for i, frame in enumerate([road, road, make_frame(), make_frame(), make_frame()])]
+        # The red block (a person to both models) appears at frame 2: tracked from its second frame on...
+        assert [r.track_ids.tolist() for r in results[2:]] == [[-1, -1, -1], [1, 2, 3], [1, 2, 3]]
+        # ...and the smoothed map shows it only after 3 frames of the model saying so, while the raw map does at once.
+        person = results[2].semantic_model.class_names.index("person")
+        assert (results[2].labels == person).any() and not (results[2].smoothed_labels == person).any()
+        assert not (results[3].smoothed_labels == person).any() and (results[4].smoothed_labels == person).any()
+        # Privacy by the semantic map blurs this frame's person pixels, not the smoothed map's (still road).
+        private = results[2]
+        private.settings = Settings(semantic="seg-logits", yolo=False, privacy=True, smoothing=3)
+        private.detections = None
+        drawn = engine.render(private)
+        plain = engine.render(replace(private, settings=Settings(semantic="seg-logits", yolo=False, privacy=False, smoothing=3)))
+        assert np.abs(drawn[PERSON_REGION].astype(int) - plain[PERSON_REGION].astype(int)).mean() > 5
+    finally:
+        loaded.close()

@@ -2,7 +2,9 @@
 
 sshd runs as a subprocess with a host key, an authorized key and a config in a temporary folder; the
 "device" directory is in tmp_path too. Covers ship, verify, ship again, rollback, an interrupted upload,
-a failed verification and host-key checking. Without sshd/rsync the tests skip locally and FAIL in CI.
+a failed verification, host-key checking and the restart of the runtime's systemd user unit (the "device"
+user's ~/.config is a temporary folder: sshd sets XDG_CONFIG_HOME for the session). Without sshd/rsync
+the tests skip locally and FAIL in CI.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Device:
     identity: Path
     ssh_config: Path
     host_key_pub: Path
+    config_home: Path  # the device user's XDG_CONFIG_HOME (systemd user units live under it)
 
     def args(self, dest: Path, *extra: str) -> List[str]:
         return [
@@ -81,6 +84,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nAuthorizedKeysFile {root / 'authorized_keys'}\n"
         f"PidFile {root / 'sshd.pid'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n"
+        f"SetEnv XDG_CONFIG_HOME={root / 'config'}\n"
     )
     if os.geteuid() == 0:
         # The privilege-separation directory Debian's service unit creates; sshd run as root refuses to start without it.
@@ -101,7 +105,9 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
                 time.sleep(0.05)
         (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {(root / 'host_key.pub').read_text()}")
         (root / "ssh_config").write_text("")
-        yield Device(port, getpass.getuser(), root / "known_hosts", root / "client_key", root / "ssh_config", root / "host_key.pub")
+        yield Device(
+            port, getpass.getuser(), root / "known_hosts", root / "client_key", root / "ssh_config", root / "host_key.pub", root / "config"
+        )
     finally:
         server.terminate()
         server.wait(10)
@@ -268,3 +274,64 @@ def test_newest_bundle_is_the_default(tmp_path: Path) -> None:
     assert ship.newest_bundle(root) == root / "b"
     with pytest.raises(InputError, match="holds no bundle"):
         ship.newest_bundle(tmp_path / "none")
+
+
+UNIT = Path(__file__).resolve().parents[1] / "deploy" / "systemd" / ship.DEFAULT_SERVICE
+
+
+def test_ship_restarts_the_runtime_service_when_it_is_installed(device: Device, tmp_path: Path, capsys) -> None:
+    """Real systemctl on the "device": the unit is installed and enabled as the README's one-liner does.
+
+    No systemd user manager runs in a test container, so the restart itself fails there, which must be
+    reported (release switched, service not restarted, what to run); `state=restarted` needs a real Pi.
+    """
+    systemctl = _which("systemctl")
+    if systemctl is None:
+        pytest.skip("systemctl not installed: the device side of the service restart cannot be exercised")
+    dest = tmp_path / "device"
+    v1 = _bundle(tmp_path, "v1")
+    (v1 / "runtime" / "systemd").mkdir()
+    shutil.copyfile(UNIT, v1 / "runtime" / "systemd" / ship.DEFAULT_SERVICE)  # where `idd-edge bundle` puts it (deploy/ copied)
+    result = ship.ship_bundle(v1, device.target, str(dest), device.options())
+    assert result.service == "not-installed"  # nothing enabled yet: left alone
+
+    shipped_unit = dest / "current" / "runtime" / "systemd" / ship.DEFAULT_SERVICE
+    units = device.config_home / "systemd" / "user"
+    units.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shipped_unit, units / ship.DEFAULT_SERVICE)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(device.config_home)}
+    subprocess.run([systemctl, "--user", "enable", ship.DEFAULT_SERVICE], check=True, capture_output=True, env=env)
+    try:
+        with pytest.raises(ship.ShipError, match=r"current -> v2, but restarting idd-edge-runtime.service failed \(.+\).*systemctl --user restart"):
+            ship.ship_bundle(_bundle(tmp_path, "v2"), device.target, str(dest), device.options())
+        assert _current(dest) == "releases/v2"  # the switch happened before the restart was tried
+        with pytest.raises(ship.ShipError, match="current -> v1, but restarting"):
+            ship.rollback_release(device.target, str(dest), device.options())
+        assert _current(dest) == "releases/v1"
+        assert main(device.args(dest, "--bundle", str(_bundle(tmp_path / "again", "v2")), "--no-restart")) == 0
+        assert "restarted" not in capsys.readouterr().out
+    finally:
+        subprocess.run([systemctl, "--user", "disable", ship.DEFAULT_SERVICE], capture_output=True, env=env)
+
+
+def test_the_runtime_unit_is_valid_and_runs_the_current_release(tmp_path: Path) -> None:
+    """systemd's own checker on the unit the bundle carries, with a home where its venv python exists."""
+    analyze = _which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    text = UNIT.read_text()
+    assert "ExecStart=%h/idd-edge/venv/bin/python -m idd_edge_runtime.cli --serve --bundle %h/idd-edge/current" in text
+    assert "Environment=PYTHONPATH=%h/idd-edge/current/runtime/src" in text and "Restart=on-failure" in text
+    venv_bin = tmp_path / "home" / "idd-edge" / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    runtime_dir = tmp_path / "run"
+    runtime_dir.mkdir(mode=0o700)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(runtime_dir)}
+    checked = subprocess.run([analyze, "--user", "verify", str(UNIT)], capture_output=True, text=True, env=env, timeout=60)
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked.stdout + checked.stderr
+    # The checker does complain about a broken unit (so its silence above means something).
+    broken = tmp_path / ship.DEFAULT_SERVICE
+    broken.write_text(text.replace("Restart=on-failure", "Restart=sometimes"))
+    complaint = subprocess.run([analyze, "--user", "verify", str(broken)], capture_output=True, text=True, env=env, timeout=60)
+    assert "restart specifier" in complaint.stdout + complaint.stderr

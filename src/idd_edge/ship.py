@@ -13,6 +13,9 @@ release), verifies every file's SHA-256 on the device, renames the folder into `
 `current` at it with `ln -s` + `mv -T` (rename(2): atomic, the runtime sees the old or the new release,
 never a mix). An interrupted upload or a failed verification leaves `current` untouched.
 `--rollback` pops the history and points `current` at the previous release.
+After either switch, the runtime's systemd user unit (`deploy/systemd/idd-edge-runtime.service`, in the
+bundle as `runtime/systemd/`) is restarted when it is enabled on the device, so `--serve` runs the new
+release; a device without it is left alone, and a failed restart is an error naming the fix.
 
 SSH host keys are verified (StrictHostKeyChecking=yes): an unknown or changed key is refused unless the
 user opts into trust-on-first-use with --accept-new-host-key. The device needs sh, GNU coreutils
@@ -91,6 +94,22 @@ sync
 """
 
 
+# argv: unit. Prints state=not-installed|restarted|failed (+ error= lines).
+_RESTART_SCRIPT = r"""
+set -u
+unit=$1
+if ! command -v systemctl >/dev/null 2>&1 || ! systemctl --user is-enabled --quiet "$unit" 2>/dev/null; then
+  echo "state=not-installed"; exit 0
+fi
+# A non-interactive SSH session may lack the user manager's address; it lives here on systemd systems.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/run/user/$(id -u)}"
+if out=$(systemctl --user restart "$unit" 2>&1); then echo "state=restarted"; else echo "state=failed"; printf '%s\n' "$out" | sed 's/^/error=/'; fi
+"""
+
+#: The systemd user unit the runtime ships (deploy/systemd/); `idd-edge ship --service` names another.
+DEFAULT_SERVICE = "idd-edge-runtime.service"
+
+
 class ShipError(StageError):
     """Shipping failed; the message says what happened on the device and what to do."""
 
@@ -158,6 +177,25 @@ class ShipResult:
     version: str
     previous: str | None
     uploaded: bool  # False: the release was already on the device (verified and re-activated)
+    service: str = "not-installed"  # the runtime service after the switch: "restarted" or "not-installed"
+
+
+def restart_service(target: SshTarget, ssh: SshOptions, service: str, version: str) -> str:
+    """Restart the runtime's systemd user unit on the device when it is enabled there; what happened."""
+    result = _run_remote(target, ssh, _RESTART_SCRIPT, [service])
+    if result.returncode != 0:
+        raise _ssh_failure(target, result, f"restarting {service} after switching to {version}")
+    lines = result.stdout.splitlines()
+    state = next((line.partition("=")[2] for line in lines if line.startswith("state=")), "")
+    if state == "failed":
+        errors = " ".join(line.partition("=")[2] for line in lines if line.startswith("error="))
+        raise ShipError(
+            f"{target}: current -> {version}, but restarting {service} failed ({errors.strip() or 'no message'}), so it "
+            f"still runs the release it started with: on the device, `systemctl --user restart {service}` and "
+            f"`journalctl --user -u {service}`"
+        )
+    log.info("%s: %s %s", target, service, state)
+    return state
 
 
 def _remote_path(dest: str) -> str:
@@ -261,8 +299,12 @@ def ship_bundle(
     dest: str = DEFAULT_DEST,
     ssh: SshOptions = SshOptions(),
     bwlimit_kbps: int | None = None,
+    service: str | None = DEFAULT_SERVICE,
 ) -> ShipResult:
-    """Upload `bundle` into DEST/releases/<version>/ on the device, verify it there, make it current."""
+    """Upload `bundle` into DEST/releases/<version>/ on the device, verify it there, make it current.
+
+    Then restart `service` (a systemd user unit) when it is enabled on the device; None never restarts.
+    """
     from idd_edge_runtime.manifest import MANIFEST_NAME, ManifestError, load_bundle, sha256_file
 
     _check_local_tools()
@@ -300,10 +342,13 @@ def ship_bundle(
     if result.returncode != 0:
         raise _ssh_failure(target, result, f"activating release {version}")
     log.info("%s: current -> %s (previous: %s)", target, version, state.current or "none")
-    return ShipResult(version=version, previous=state.current, uploaded=uploaded)
+    restarted = restart_service(target, ssh, service, version) if service else "not-installed"
+    return ShipResult(version=version, previous=state.current, uploaded=uploaded, service=restarted)
 
 
-def rollback_release(target: SshTarget, dest: str = DEFAULT_DEST, ssh: SshOptions = SshOptions()) -> ShipResult:
+def rollback_release(
+    target: SshTarget, dest: str = DEFAULT_DEST, ssh: SshOptions = SshOptions(), service: str | None = DEFAULT_SERVICE
+) -> ShipResult:
     """Point DEST/current back at the release active before the current one (popping the history)."""
     _check_local_tools()
     dest = _remote_path(dest)
@@ -324,7 +369,8 @@ def rollback_release(target: SshTarget, dest: str = DEFAULT_DEST, ssh: SshOption
     if result.returncode != 0:
         raise _ssh_failure(target, result, f"switching back to {previous}")
     log.info("%s: current -> %s (rolled back from %s)", target, previous, state.current)
-    return ShipResult(version=previous, previous=state.current, uploaded=False)
+    restarted = restart_service(target, ssh, service, previous) if service else "not-installed"
+    return ShipResult(version=previous, previous=state.current, uploaded=False, service=restarted)
 
 
 def newest_bundle(bundle_root: Path) -> Path:
@@ -355,6 +401,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ssh-config", type=Path, help="ssh_config file (default: ssh's)")
     parser.add_argument("--accept-new-host-key", action="store_true", help="trust the device's key on first contact (a changed key is still refused)")
     parser.add_argument("--bwlimit", type=int, help="upload limit in KiB/s (rsync --bwlimit)")
+    parser.add_argument("--service", default=DEFAULT_SERVICE, help=f"systemd user unit to restart after the switch when enabled (default {DEFAULT_SERVICE})")
+    parser.add_argument("--no-restart", action="store_true", help="switch the release but leave the service running")
     parser.set_defaults(handler=_run)
 
 
@@ -365,14 +413,19 @@ def _run(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             raise InputError(path, f"--{option.replace('_', '-')} file does not exist")
     ssh = SshOptions(known_hosts=args.known_hosts, identity=args.identity, config_file=args.ssh_config, accept_new_host_key=args.accept_new_host_key)
+    service = None if args.no_restart else args.service
     if args.rollback:
-        result = rollback_release(target, args.dest, ssh)
-        print(f"{target}: current -> {result.version} (was {result.previous})")
+        result = rollback_release(target, args.dest, ssh, service)
+        print(f"{target}: current -> {result.version} (was {result.previous}){_service_note(result, service)}")
         return 0
     bundle = args.bundle
     if bundle is None:
         bundle = newest_bundle(Path(config.section(config.load_params(), "bundle")["out"]))
-    result = ship_bundle(bundle, target, args.dest, ssh, args.bwlimit)
+    result = ship_bundle(bundle, target, args.dest, ssh, args.bwlimit, service)
     action = "uploaded and verified" if result.uploaded else "already on the device, verified"
-    print(f"{target}: release {result.version} {action}; current -> {result.version} (was {result.previous or 'nothing'})")
+    print(f"{target}: release {result.version} {action}; current -> {result.version} (was {result.previous or 'nothing'}){_service_note(result, service)}")
     return 0
+
+
+def _service_note(result: ShipResult, service: str | None) -> str:
+    return f"; {service} restarted" if result.service == "restarted" else ""

@@ -4,6 +4,7 @@
     idd-edge-runtime --headless --source clip.mp4 --output out.mp4    # annotated video, no display
     idd-edge-runtime --headless --source /dev/video0 --privacy        # live, person/rider blurred
     idd-edge-runtime --benchmark clip.mp4 200                         # ms/frame and FPS per model
+    idd-edge-runtime --serve --source picam                           # live page + HTTP API on 127.0.0.1:8080
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
     parser.add_argument("--privacy", action="store_true", help="blur person and rider instances")
     parser.add_argument("--privacy-classes", default=",".join(PRIVATE_WORDS), help="words of class names to blur (default person,rider)")
+    parser.add_argument("--no-tracking", action="store_true", help="YOLO instances without track ids (colour by class)")
+    parser.add_argument("--smooth", type=int, default=0, metavar="FRAMES", help="semantic label persistence: a pixel changes class after FRAMES frames in a row (0 = off)")
+    parser.add_argument("--serve", action="store_true", help="no window: run --source and serve the live page and HTTP API")
+    parser.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8080, help="--serve: port (default 8080; 0 = any free port)")
+    parser.add_argument("--token", default=os.environ.get("IDD_EDGE_TOKEN"), help="--serve: required by every request (default $IDD_EDGE_TOKEN); needed off loopback")
+    parser.add_argument("--loop", action="store_true", help="--serve with a video file: play it over and over")
     parser.add_argument("--headless", action="store_true", help="no window: process --source, optionally write --output")
     parser.add_argument("--output", help="annotated video to write in headless mode (.mp4 or .avi)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -74,6 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         print(f"idd-edge-runtime: error: --alpha must be within 0..1, got {args.alpha}", file=sys.stderr)
         return 2
+    if not 0 <= args.smooth <= 255:
+        print(f"idd-edge-runtime: error: --smooth must be 0..255 frames, got {args.smooth}", file=sys.stderr)
+        return 2
+    if args.serve and not args.source:
+        print("idd-edge-runtime: error: --serve needs --source", file=sys.stderr)
+        return 2
     try:
         loaded = load_runtime(
             args.bundle, backend=args.backend, verify=not args.no_verify, onnx_threads=args.threads, allow_failed_gate=args.allow_failed_gate
@@ -84,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         log.info("%s", loaded.describe())
         engine = Engine(loaded, private_words=[w.strip() for w in args.privacy_classes.split(",") if w.strip()])
-        changes = {"alpha": args.alpha, "privacy": args.privacy}
+        changes = {"alpha": args.alpha, "privacy": args.privacy, "tracking": not args.no_tracking, "smoothing": args.smooth}
         if args.model:
             if args.model not in engine.semantic_names:
                 print(f"idd-edge-runtime: error: no semantic model {args.model!r}; loaded: {engine.semantic_names}", file=sys.stderr)
@@ -100,6 +114,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _benchmark(engine, args.benchmark[0], args.benchmark[1], args.benchmark_json)
         if args.headless:
             return _headless(engine, box, args)
+        if args.serve:
+            try:
+                from idd_edge_runtime.server import serve  # Flask only when serving
+            except ImportError as exc:
+                print(
+                    f"idd-edge-runtime: error: --serve needs Flask ({exc}): `sudo apt install python3-flask` on the Pi, "
+                    "or `pip install 'idd-edge-runtime[serve]'`",
+                    file=sys.stderr,
+                )
+                return 2
+
+            source = open_source(args.source, args.width, args.height, realtime=True, loop=args.loop)
+            try:
+                return serve(engine, box, source, args.host, args.port, args.token or None, args.max_frames)
+            finally:
+                source.close()
         from idd_edge_runtime.gui import run_gui  # PyQt5 only when a window is wanted
 
         return run_gui(engine, box, args.source, width=args.width, height=args.height)

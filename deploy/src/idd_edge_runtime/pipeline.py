@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from idd_edge_runtime import render
-from idd_edge_runtime.engine import Engine, FrameResult, SettingsBox
+from idd_edge_runtime.engine import Engine, FrameResult, SettingsBox, StreamMemory
 from idd_edge_runtime.sources import END, FRAME
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Pipeline:
         self.frames_skipped = 0
         self.failure: Optional[str] = None
         self.fps = 0.0
+        self.memory = StreamMemory()  # tracks and smoothed class map of this stream
         self._threads = [
             threading.Thread(target=self._guard, args=(self._capture_loop, "capture"), name="capture", daemon=True),
             threading.Thread(target=self._guard, args=(self._infer_loop, "inference"), name="inference", daemon=True),
@@ -122,6 +123,11 @@ class Pipeline:
             for thread in self._threads:
                 thread.join(timeout=5)
         return finished
+
+    @property
+    def finished(self) -> bool:
+        """Every frame drawn, or stopped."""
+        return self._done.is_set()
 
     @property
     def dropped(self) -> int:
@@ -173,7 +179,7 @@ class Pipeline:
                 self._inferred.put(_END, self._stop, force=True)
                 return
             index, frame = item  # type: ignore[misc]
-            result = self.engine.infer(frame, self.settings.get(), index)
+            result = self.engine.infer(frame, self.settings.get(), index, self.memory)
             for error in result.errors:
                 self.message(error)
             if not self._inferred.put(result, self._stop):
@@ -203,6 +209,8 @@ class Pipeline:
             parts.append("+YOLO")
         if settings.privacy:
             parts.append("privacy")
+        if settings.smoothing > 1 and settings.semantic:
+            parts.append(f"smooth {settings.smoothing}")
         return f"{' '.join(parts)}  {self.fps:5.1f} FPS"
 
 

@@ -7,12 +7,13 @@ LUT, blended with `cv2.addWeighted` (integer SIMD), and each instance touches on
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from idd_edge_runtime.semantic import colorize
+from idd_edge_runtime.tracking import track_color
 from idd_edge_runtime.yolo_postprocess import InstanceDetections
 
 Color = Tuple[int, int, int]
@@ -42,28 +43,43 @@ def draw_instances(
     names: Sequence[str],
     alpha: float,
     labels: bool = True,
+    track_ids: Optional[np.ndarray] = None,
 ) -> None:
-    """Tint each instance's mask pixels with its class colour (inside its box only), then draw boxes and labels.
+    """Tint each instance's mask pixels with its colour (inside its box only), then draw boxes and labels.
 
-    Masks, then boxes, then labels: nothing drawn later covers an earlier instance's label.
+    The colour is the track's when the instance has a track id (the same object keeps its colour from frame
+    to frame), else its class colour. Masks, then boxes, then labels: nothing drawn later covers an earlier
+    instance's label.
     """
+    instance_colors = _instance_colors(detections, colors, track_ids)
     for i in range(len(detections)):
         x0, y0, x1, y1 = (int(v) for v in detections.mask_regions[i])
         mask = detections.masks[i]
         if mask.size and x1 > x0 and y1 > y0:
             roi = out[y0:y1, x0:x1]
-            color = colors[int(detections.class_ids[i]) % len(colors)]
+            color = instance_colors[i]
             # roi * (1 - alpha) + colour * alpha on the mask pixels: the scaling is one SIMD pass over the box,
             # the masked add writes only mask pixels (a bool mask is a 0/1 uint8 mask without a copy).
             scaled = cv2.addWeighted(roi, 1.0 - alpha, roi, 0.0, 0.0)
             cv2.add(scaled, (color[0] * alpha, color[1] * alpha, color[2] * alpha, 0.0), dst=roi, mask=mask.view(np.uint8))
     corners = [tuple(int(round(float(v))) for v in box) for box in detections.boxes]
-    for (bx0, by0, bx1, by1), class_id in zip(corners, detections.class_ids):
-        cv2.rectangle(out, (bx0, by0), (bx1, by1), colors[int(class_id) % len(colors)], 2)
+    for (bx0, by0, bx1, by1), color in zip(corners, instance_colors):
+        cv2.rectangle(out, (bx0, by0), (bx1, by1), color, 2)
     if labels:
-        for (bx0, by0, _, _), class_id, score in zip(corners, detections.class_ids, detections.scores):
+        for i, ((bx0, by0, _, _), class_id, score) in enumerate(zip(corners, detections.class_ids, detections.scores)):
             name = names[class_id] if class_id < len(names) else str(class_id)
-            _label(out, f"{name} {float(score):.2f}", (bx0, by0), colors[int(class_id) % len(colors)])
+            track = f" #{int(track_ids[i])}" if track_ids is not None and track_ids[i] >= 0 else ""
+            _label(out, f"{name}{track} {float(score):.2f}", (bx0, by0), instance_colors[i])
+
+
+def _instance_colors(detections: InstanceDetections, colors: Sequence[Color], track_ids: Optional[np.ndarray]) -> List[Color]:
+    out = []
+    for i, class_id in enumerate(detections.class_ids):
+        if track_ids is not None and track_ids[i] >= 0:
+            out.append(track_color(int(track_ids[i])))
+        else:
+            out.append(colors[int(class_id) % len(colors)])
+    return out
 
 
 def _text_scale(out: np.ndarray) -> float:

@@ -87,6 +87,37 @@ class VideoFileSource:
         self._capture.release()
 
 
+class ReplaySource:
+    """A video file played like a camera: at its own frame rate, and with `loop` from the start at its end.
+
+    What `--serve` uses for a file (a demo or test feed): a live page wants real time, not as fast as
+    the models go; being live, the pipeline drops stale frames instead of falling behind.
+    """
+
+    is_live = True
+
+    def __init__(self, path: str, loop: bool = False):
+        self._path, self._loop = path, loop
+        self._file = VideoFileSource(path)
+        self.name, self.fps = path, self._file.fps
+        self._due = time.monotonic()
+
+    def read(self) -> Read:
+        wait = self._due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._due = max(self._due + 1.0 / self.fps, time.monotonic() - 1.0 / self.fps)
+        read = self._file.read()
+        if read.status == END and self._loop:
+            self._file.close()
+            self._file = VideoFileSource(self._path)
+            return Read(SKIP, message=f"{self.name}: playing again from the start")
+        return read
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class CameraSource:
     """A live camera. When it stops delivering (unplugged), it is reopened every REOPEN_INTERVAL_S."""
 
@@ -169,8 +200,13 @@ def picam_pipeline(width: int = 1280, height: int = 720, fps: int = 30) -> str:
     )
 
 
-def open_source(spec: str, width: Optional[int] = None, height: Optional[int] = None) -> "VideoFileSource | CameraSource":
-    """`spec` is a video path, /dev/videoN, a camera index N, or "picam" (libcamera through GStreamer)."""
+def open_source(
+    spec: str, width: Optional[int] = None, height: Optional[int] = None, realtime: bool = False, loop: bool = False
+) -> "VideoFileSource | ReplaySource | CameraSource":
+    """`spec` is a video path, /dev/videoN, a camera index N, or "picam" (libcamera through GStreamer).
+
+    `realtime` plays a video file at its frame rate (`loop`: over and over), as a camera would deliver it.
+    """
     if spec == PICAM:
         if not gstreamer_available():
             raise SourceError("picam: this OpenCV has no GStreamer support; on the Pi use `sudo apt install python3-opencv` (not the pip wheel) or a UVC camera")
@@ -184,7 +220,7 @@ def open_source(spec: str, width: Optional[int] = None, height: Optional[int] = 
         if not os.path.exists(spec):
             raise SourceError(f"{spec}: no such camera device (plugged in? see --list-sources)")
         return CameraSource(spec, uvc_opener(spec, width, height))
-    return VideoFileSource(spec)
+    return ReplaySource(spec, loop) if realtime else VideoFileSource(spec)
 
 
 def _v4l2_name(device: str) -> str:
