@@ -102,9 +102,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def test_status_and_live_result(served: Served) -> None:
-    code, status = served.request("api/status")
+    deadline = time.monotonic() + 15
+    while True:  # the FPS readout waits for half a second of frames (no start-up burst figure)
+        code, status = served.request("api/status")
+        if code != 200 or status["fps"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert code == 200 and status["models"] == ["seg-logits", "seg-argmax"] and status["instance_model"] == "yolo-tiny"
-    assert status["running"] and status["fps"] > 0 and status["inference_ms"] > 0 and status["host_ms"] > 0
+    assert status["running"] and status["inference_ms"] > 0 and status["host_ms"] > 0
+    # a rate over >= 0.5 s of drawn frames: not the thousands of FPS the first burst of queued frames reads as
+    assert 0 < status["fps"] < 1000
     assert status["settings"] == {"model": "seg-logits", "yolo": True, "alpha": 0.5, "privacy": False, "tracking": True, "smoothing": 0}
 
     code, result = served.request("api/result")

@@ -30,6 +30,9 @@ _END = object()
 MESSAGE_INTERVAL_S = 5.0
 #: The FPS readout is the rate of the last this many drawn frames.
 FPS_WINDOW = 30
+#: FPS is reported once the window spans this long: at start the queued frames render in a burst
+#: (three frames within a millisecond read as thousands of FPS).
+FPS_MIN_SPAN_S = 0.5
 
 
 class FrameQueue:
@@ -195,8 +198,8 @@ class Pipeline:
             result: FrameResult = item  # type: ignore[assignment]
             annotated = self.engine.render(result)
             recent.append(time.perf_counter())
-            if len(recent) > 1:
-                self.fps = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+            if len(recent) > 1 and recent[-1] - recent[0] >= FPS_MIN_SPAN_S:
+                self.fps = (len(recent) - 1) / (recent[-1] - recent[0])
             if self.banner:
                 render.draw_status(annotated, self.status_text(result))
             self.frames_shown += 1
