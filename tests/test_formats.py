@@ -46,7 +46,8 @@ def test_the_dfc_hailort_table_exists_once():
               and all(isinstance(k, ast.Constant) and version.match(str(k.value)) for k in node.keys)]
     assert tables == [f"{MANIFEST_FILE.name}:{_line_of('DFC_TO_HAILORT: Dict', MANIFEST_FILE)}"], tables
     assert compile_hef.hailort_for("3.33.0") == manifest.DFC_TO_HAILORT["3.33"]
-    assert compile_hef.NEWEST_DFC in compile_hef.INSTALL_HINT and set(compile_hef.HW_ARCHES) == set(manifest.HW_ARCHES)
+    newest = compile_hef.newest_dfc(manifest.DFC_MAJOR_FOR_ARCH["hailo8"])
+    assert newest in compile_hef.install_hint("hailo8") and set(compile_hef.HW_ARCHES) == set(manifest.HW_ARCHES)
 
 
 def _line_of(text: str, path) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 
 from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
+from idd_edge.export.quantize import CALIBRATION_DTYPES
 from idd_edge_runtime.formats import HEF, ONNX_FP32
 from idd_edge_runtime.manifest import DFC_MAJOR_FOR_ARCH, DFC_TO_HAILORT, HW_ARCHES, sha256_file
 
@@ -49,9 +50,6 @@ def newest_dfc(major: int) -> str:
     """The newest DFC (major.minor) of one line in the runtime's table: 3 for Hailo-8/8L, 5 for Hailo-10H."""
     line = [version for version in DFC_TO_HAILORT if int(version.split(".")[0]) == major]
     return max(line, key=lambda version: tuple(int(part) for part in version.split(".")))
-
-
-NEWEST_DFC = newest_dfc(DFC_MAJOR_FOR_ARCH["hailo8"])
 
 
 #: How the install hint names the chips a DFC line serves.
@@ -69,7 +67,6 @@ def install_hint(hw_arch: str = "hailo8") -> str:
     )
 
 
-INSTALL_HINT = install_hint()
 #: Hailo archives the compile stage keeps next to the HEF, by DFC step.
 HAR_FILES = {"parsed": "parsed.har", "optimized": "optimized.har", "compiled": "compiled.har"}
 
@@ -211,7 +208,7 @@ def compile_model(
     where `infer(nhwc_batch)` returns the emulator's output. Returns the `compile.json` record.
     """
     if (calibration.ndim != 4 or calibration.shape[1:] != (*target.input_hw, 3)
-            or calibration.dtype not in (np.uint8, np.float32)):
+            or calibration.dtype not in CALIBRATION_DTYPES):
         raise StageError(f"{target.name}: calibration must be (N, {target.input_hw[0]}, {target.input_hw[1]}, 3) "
                          f"uint8 or float32, got {calibration.shape} {calibration.dtype}")
     sdk = importlib.import_module(DFC_MODULE)
