@@ -8,7 +8,8 @@ through its real pure function, each in a fresh child process (spawned, so one s
 counts for the next):
 
     convert (level2, semantic + instance + colour + panoptic as the default params, N workers),
-    convert_instances (encoding id, instances only), split (hard links), yolo_bridge (N workers),
+    convert_instances (encoding id, instances only), split (`idd_full`'s: training pairs at half size, N
+    workers; val / test hard links), yolo_bridge (N workers),
     calibrate (semantic 512x512 + YOLO letterbox 512x512, every training frame), teacher_logits (a tiny
     random ConvNeXt-Atto UPerNet at IDD's cache geometry 544x960 / stride 4), and three epochs of the KD
     training loader (512x512 crops with the cached teacher logits, N workers; extrapolated per epoch).
@@ -81,7 +82,11 @@ def stage_convert_instances(work: Path, workers: int, frames: int) -> tuple[int,
 def stage_split(work: Path, workers: int, frames: int) -> tuple[int, list[Path]]:
     from idd_edge.data.split import organize_splits
 
-    organize_splits(work / "idd", work / "converted", work / "splits", LEVEL)
+    from idd_edge import config
+
+    # As the full-scale recipe stores them: training pairs resized (x0.5), val / test hard-linked.
+    train_scale = float(config.compose(["+experiment=idd_full"])["split"]["train_scale"])
+    organize_splits(work / "idd", work / "converted", work / "splits", LEVEL, train_scale, workers)
     return frames + 1, [work / "splits"]
 
 

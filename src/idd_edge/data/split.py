@@ -8,19 +8,29 @@ to their sources (no extra disk for a 1.8 GB dataset); a copy is made only where
 (another file system). The drive is part of the stem because IDD image ids are only unique within a drive.
 Images without a mask (the real IDD test split has no annotations) are kept in `images/` for inference
 and counted; in train/val they are reported because they cannot be used for training.
+
+`train_scale` < 1 writes the training pairs resized instead of linking them (image: area average, PNG;
+mask: nearest). Why: a training crop of a 1920x1080 frame is shrunk ~2x to 512x512 anyway (crops of 50-100 %
+of the frame), yet the loader decodes every full-size PNG each epoch, and the decode alone caps a worker at
+~22 frames/s (`benchmarks/loader.py`). Frames stored at half size decode ~4x faster; the crops keep their
+share of the frame (`train.augment.scale` is relative), so objects keep the scale they are trained at, and
+validation / test frames stay full size (they are evaluated as deployed).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import math
 import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 from tqdm import tqdm
 
 from idd_edge import atomic, labels
@@ -40,6 +50,7 @@ class SplitSummary:
     images_without_mask: dict[str, list[str]] = field(default_factory=dict)
     masks_without_image: dict[str, list[str]] = field(default_factory=dict)
     copied_instead_of_linked: int = 0
+    train_scale: float = 1.0
 
 
 def link_or_copy(source: Path, destination: Path) -> bool:
@@ -52,6 +63,32 @@ def link_or_copy(source: Path, destination: Path) -> bool:
             raise
     shutil.copy2(source, destination)
     return True
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of a frame stored at `scale` (rounded, at least 1 pixel)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def write_scaled_pair(image: Path, mask: Path, image_out: Path, mask_out: Path, scale: float) -> None:
+    """Write `image` (area-averaged, PNG) and its label `mask` (nearest) resized by `scale`, atomically."""
+    pixels = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise InputError(image, "cannot read image (missing, empty or not an image)")
+    label_mask = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+    if label_mask is None or label_mask.ndim != 2:
+        raise InputError(mask, "cannot read the mask as a single-channel PNG")
+    if label_mask.shape != pixels.shape[:2]:
+        raise InputError(mask, f"mask is {label_mask.shape[1]}x{label_mask.shape[0]} but image {image.name} is "
+                               f"{pixels.shape[1]}x{pixels.shape[0]}")
+    size = scaled_size(pixels.shape[1], pixels.shape[0], scale)
+    resized = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    atomic.write_png(image_out, cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
+    atomic.write_png(mask_out, cv2.resize(label_mask, size, interpolation=cv2.INTER_NEAREST), row_filters=False)
+
+
+def _write_scaled(job: tuple[Path, Path, Path, Path, float]) -> None:
+    write_scaled_pair(*job)
 
 
 def _images_by_stem(image_root: Path, split: str) -> dict[str, Path]:
@@ -77,9 +114,13 @@ def _masks_by_stem(converted_root: Path, split: str, encoding: str) -> dict[str,
     }
 
 
-def organize_splits(image_root: Path, converted_root: Path, out_root: Path, level: str) -> SplitSummary:
-    """Build `<out_root>/<IDDLx>/<split>/{images,masks}` for label `level`; replaces any previous tree."""
+def organize_splits(image_root: Path, converted_root: Path, out_root: Path, level: str, train_scale: float = 1.0,
+                    workers: int = 1) -> SplitSummary:
+    """Build `<out_root>/<IDDLx>/<split>/{images,masks}` for label `level`; replaces any previous tree.
+    `train_scale` < 1 stores the training pairs resized (module docstring), with `workers` processes."""
     labels.check_level(level)
+    if not 0 < train_scale <= 1:
+        raise ValueError(f"train_scale must be in (0, 1], got {train_scale}")
     encoding = labels.LEVEL_ENCODING[level]
     if not (image_root / "leftImg8bit").is_dir():
         raise InputError(image_root, "no leftImg8bit/ folder: not an IDD dataset root")
@@ -87,7 +128,7 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
         raise InputError(converted_root, "no gtFine/ folder: run `idd-edge convert` first")
 
     dataset_name = labels.LEVEL_DIR_NAME[level]
-    summary = SplitSummary(level=level, dataset_dir=str(out_root / dataset_name))
+    summary = SplitSummary(level=level, dataset_dir=str(out_root / dataset_name), train_scale=train_scale)
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_root, prefix=".staging-"))
     try:
@@ -104,11 +145,15 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
             image_dir.mkdir(parents=True)
             mask_dir.mkdir(parents=True)
             paired = sorted(images.keys() & masks.keys())
-            for stem in tqdm(sorted(images), desc=f"split {split}", unit="img", leave=False):
+            scaled = set(paired) if split == "train" and train_scale < 1 else set()
+            for stem in tqdm(sorted(images.keys() - scaled), desc=f"split {split}", unit="img", leave=False):
                 image = images[stem]
                 summary.copied_instead_of_linked += link_or_copy(image, image_dir / f"{stem}{image.suffix}")
                 if stem in masks:
                     summary.copied_instead_of_linked += link_or_copy(masks[stem], mask_dir / f"{stem}.png")
+            jobs = [(images[stem], masks[stem], image_dir / f"{stem}.png", mask_dir / f"{stem}.png", train_scale)
+                    for stem in sorted(scaled)]
+            _run_scaling(jobs, workers, f"split {split} x{train_scale:g}")
             summary.pairs[split] = len(paired)
             summary.images_without_mask[split] = sorted(images.keys() - masks.keys())
             summary.masks_without_image[split] = sorted(masks.keys() - images.keys())
@@ -129,6 +174,17 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
     return summary
 
 
+def _run_scaling(jobs: list[tuple[Path, Path, Path, Path, float]], workers: int, desc: str) -> None:
+    progress = dict(total=len(jobs), desc=desc, unit="img", leave=False)
+    if workers <= 1 or len(jobs) < 2 * workers:
+        for job in tqdm(jobs, **progress):
+            _write_scaled(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for _ in tqdm(pool.map(_write_scaled, jobs, chunksize=max(1, math.ceil(len(jobs) / (workers * 8)))), **progress):
+            pass
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "split", help="organise images + masks into <IDDLx>/{train,val,test}/{images,masks}"
@@ -137,11 +193,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("converted_root", type=Path, help="output root of `idd-edge convert`")
     parser.add_argument("out_root", type=Path, help="where <IDDLx>/ is written")
     parser.add_argument("--level", required=True, choices=sorted(labels.LEVEL_ENCODING))
+    parser.add_argument("--train-scale", type=float, default=1.0,
+                        help="store training pairs resized by this factor (default 1: hard links)")
+    parser.add_argument("--workers", type=int, default=1, help="processes resizing training pairs")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    summary = organize_splits(args.image_root, args.converted_root, args.out_root, args.level)
+    summary = organize_splits(args.image_root, args.converted_root, args.out_root, args.level, args.train_scale,
+                              args.workers)
     log.info(
         "%s: %s pairs (train/val/test), %d test images without mask%s",
         summary.dataset_dir,
