@@ -39,7 +39,8 @@ def evaluate_run(run_dir: Path, split_dir: Path, label_level: str, batch_size: i
         raise InputError(run_dir / INFO_NAME, f"model trained on {info['label_level']}, but label_level is "
                                               f"{label_level}; re-run its training stage")
     class_names = LEVEL_CLASS_NAMES[label_level]
-    dataset = IDDSegDataset(split_dir / "val", label_level, tuple(info["input_size"]), None, mask_mode)
+    dataset = IDDSegDataset(split_dir / "val", label_level, tuple(info["input_size"]), None, mask_mode,
+                            normalization=info["normalization"])  # each model's own input scaling
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     confusion = torch.zeros((len(class_names),) * 2, dtype=torch.int64, device=device)
