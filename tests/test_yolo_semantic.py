@@ -186,3 +186,25 @@ def test_export_is_static_parity_checked_and_records_the_0_1_normalization(train
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-3)
+
+
+def test_settings_are_the_default_config_and_bad_values_name_the_params_file(tmp_path):
+    from idd_edge.yolo.sem_train import SemTrainSettings
+
+    node = config.compose()["yolo"]["semantic"]["train"]
+    settings = SemTrainSettings.from_params(node, "params.yaml")
+    assert (settings.model, settings.imgsz, settings.workers, settings.device) == ("yolo26n-sem.yaml", 128, 0, "cpu")
+    for change, problem in (({"cls_pw": 2.0}, "cls_pw must be in 0-1"), ({"imgsz": 100}, "multiple of 32"),
+                            ({"epochs": "many"}, "wrong type")):
+        with pytest.raises(InputError, match=f"params.yaml.*{problem}"):
+            SemTrainSettings.from_params(node | change, "params.yaml")
+    with pytest.raises(InputError, match="params.yaml.*missing 'lr0'"):
+        SemTrainSettings.from_params({k: v for k, v in node.items() if k != "lr0"}, "params.yaml")
+
+
+def test_training_without_a_bridged_dataset_names_the_missing_file(tmp_path):
+    from idd_edge.yolo.sem_train import SemTrainSettings, train
+
+    settings = SemTrainSettings.from_params(config.compose()["yolo"]["semantic"]["train"], "params.yaml")
+    with pytest.raises(InputError, match=r"data\.yaml.*yolo-sem-bridge"):
+        train(tmp_path / "nowhere", tmp_path / "run", settings, LEVEL, (64, 96))

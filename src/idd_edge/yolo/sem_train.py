@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 RUN_NAME = "ultralytics_sem"
 ROLE = "ultralytics"
 VAL_MIOU_COLUMN = "metrics/mIoU"
+CE_COLUMN = "train/ce_loss"
+_CASTS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,17 @@ class SemTrainSettings:
 
     @classmethod
     def from_params(cls, node: dict, source: str | Path) -> SemTrainSettings:
-        try:
-            values = {f.name: node[f.name] for f in fields(cls)}
+        try:  # field types are strings here (postponed annotations)
+            settings = cls(**{f.name: _CASTS[f.type](node[f.name]) for f in fields(cls)})
         except KeyError as exc:
             raise InputError(source, f"yolo.semantic.train is missing {exc}; recompose with `idd-edge params`") from None
-        settings = cls(**{f.name: _cast(f.type, values[f.name]) for f in fields(cls)})
+        except (TypeError, ValueError) as exc:
+            raise InputError(source, f"yolo.semantic.train has a value of the wrong type: {exc}") from None
         if settings.imgsz % 32:
             raise InputError(source, f"yolo.semantic.train.imgsz must be a multiple of 32, got {settings.imgsz}")
+        if not 0.0 <= settings.cls_pw <= 1.0:
+            raise InputError(source, f"yolo.semantic.train.cls_pw must be in 0-1 (Ultralytics' range), got {settings.cls_pw}")
         return settings
-
-
-def _cast(kind: Any, value: Any) -> Any:
-    return {"int": int, "float": float, "bool": bool, "str": str}[kind if isinstance(kind, str) else kind.__name__](value)
 
 
 def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
@@ -92,7 +93,7 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
     staging = (run_dir / ".ultralytics.staging").resolve()
     if staging.exists():
         shutil.rmtree(staging)
-    trainer = SemanticSegmentationTrainer(overrides={
+    overrides = {
         "model": settings.model, "data": str(data_yaml.resolve()), "epochs": settings.epochs,
         "imgsz": settings.imgsz, "batch": settings.batch, "workers": settings.workers, "device": settings.device,
         "plots": settings.plots, "seed": settings.seed, "deterministic": True, "optimizer": settings.optimizer,
@@ -101,7 +102,11 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
         "amp": False,  # fp32: Ultralytics' AMP check would download a checkpoint, and CPUs train fp32 anyway
         "pretrained": False, "project": str(staging.parent), "name": staging.name, "exist_ok": True,
         "verbose": True,
-    })
+    }
+    try:
+        trainer = SemanticSegmentationTrainer(overrides=overrides)
+    except (ValueError, TypeError, SyntaxError) as exc:  # Ultralytics' check_cfg on a bad setting
+        raise StageError(f"yolo.semantic.train: Ultralytics refused the settings: {exc}") from None
     trainer.train()
     if getattr(trainer, "ema", None) is None:
         raise StageError(f"{staging}: Ultralytics finished without EMA weights (training ended before the first step)")
@@ -129,11 +134,11 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
 
 
 def _train_loss(row: dict[str, float]) -> float:
-    """The last epoch's training loss: Ultralytics' semantic loss is its (class-weighted) cross-entropy."""
-    losses = [value for key, value in row.items() if key.startswith("train/") and key.endswith("loss")]
-    if not losses:
-        raise StageError(f"results.csv has no train/*loss column: {sorted(row)}")
-    return float(sum(losses))
+    """The last epoch's training cross-entropy (Ultralytics' semantic loss adds a Dice and an auxiliary
+    term, its own columns; the CE is what the students' `final_losses.ce` is too)."""
+    if CE_COLUMN not in row:
+        raise StageError(f"results.csv has no {CE_COLUMN!r} column: {sorted(row)}")
+    return float(row[CE_COLUMN])
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
