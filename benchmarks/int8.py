@@ -9,7 +9,9 @@ For each student: median latency per frame (batch 1; wall clock and process CPU 
 of its INT8 model in the same process, same session options and thread count, after warm-up, measured
 alternately so load changes hit both alike; the ratio fp32 / int8 (> 1: INT8 is faster); and, when the
 accuracy gate has run, the INT8 mIoU change vs PyTorch fp32 from `artifacts/reports/quantization.json`
-(the same evaluator as training). Prints a table; `--json` saves it.
+(the same evaluator as training). Prints a table; `--json` saves it (`--json artifacts/reports/latency.json`:
+the CPU ms/frame column of `idd-edge compare`). Every exported semantic model is measured, Ultralytics'
+YOLO26n-sem (`ultralytics_sem`) next to the students.
 """
 
 from __future__ import annotations
@@ -142,8 +144,10 @@ def main() -> None:
         print(f"{row['model']:22} {size:>9} {row['wall_fp32_ms']:8.1f}ms {row['wall_int8_ms']:8.1f}ms {row['wall_ratio']:6.2f} "
               f"{row['cpu_fp32_ms']:7.1f}ms {row['cpu_int8_ms']:7.1f}ms {row['cpu_ratio']:6.2f} "
               f"{row['fp32_mb']:8.2f} {row['int8_mb']:8.2f} {delta:>11}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.json:  # `idd-edge compare` reads models.<run>.wall_fp32_ms from it (CPU ms/frame)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {"threads": args.threads, "runs": args.runs, "models": {row["model"]: row for row in rows}}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -289,3 +289,33 @@ def test_default_diff_pairs_match_baseline_and_kd_of_the_same_student(workspace)
     write_run(workspace, "kd_deeplab", "kd", 0.57)  # baseline not evaluated: no pair
     records = compare([WorkspaceSnapshot()]).records
     assert default_diff_pairs(records) == [("workspace:baseline_lraspp", "workspace:kd_lraspp")]
+
+
+def test_cost_table_puts_size_and_speed_beside_miou(workspace, compare_cli):
+    """Params and GFLOPs from eval/metrics.json, ONNX MB from the export stage, CPU ms from
+    benchmarks/int8.py --json; runs without them read n/a, and a malformed latency file is named."""
+    write_run(workspace, "ultralytics_sem", "ultralytics", 0.30, model="yolo26n-sem", level="level3")
+    for run, params, gflops in (("kd_lraspp", 344_992, 0.1603), ("ultralytics_sem", 1_632_512, 0.3038)):
+        path = workspace / RUNS / run / "eval" / "metrics.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"params": params, "gflops": gflops}))
+    export = workspace / "artifacts" / "reports" / "export"
+    export.mkdir(parents=True)
+    (export / "kd_lraspp.json").write_text(json.dumps({"onnx_mb": 1.391, "parity": {}}))
+    (export / "ultralytics_sem.json").write_text(json.dumps({"onnx_mb": 6.274, "parity": {}}))
+    latency = workspace / "artifacts" / "reports" / "latency.json"
+    latency.write_text(json.dumps({"threads": 2, "models": {"kd_lraspp": {"wall_fp32_ms": 2.5},
+                                                              "ultralytics_sem": {"wall_fp32_ms": 12.0}}}))
+    out = workspace / "report.md"
+    assert compare_cli("--out", str(out)) == 0
+    markdown = out.read_text()
+    assert "| Experiment | Run | Eval mIoU | Params (M) | GFLOPs | ONNX MB | CPU ms/frame | mIoU pt per ms |" in markdown
+    lines = markdown.splitlines()
+    assert "| workspace | ultralytics_sem | 30.00% | 1.633 | 0.304 | 6.27 | 12.00 | 2.50 |" in lines
+    kd_row = next(line for line in lines if line.startswith("| workspace | kd_lraspp | "))
+    assert kd_row.endswith("| 50.13% | 0.345 | 0.160 | 1.39 | 2.50 | 20.05 |")  # 50.13 % / 2.5 ms
+    assert "| workspace | teacher | 60.91% | n/a | n/a | n/a | n/a | n/a |" in lines
+    assert "| workspace | Label3 | Ultralytics semantic (ultralytics_sem) | yolo26n-sem | 30.00% |" in markdown
+
+    latency.write_text(json.dumps({"models": {"kd_lraspp": {"cpu_fp32_ms": 2.5}}}))
+    with pytest.raises(InputError, match=r"latency\.json.*models\.kd_lraspp\.wall_fp32_ms must be a number"):
+        compare([WorkspaceSnapshot()])

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from idd_edge import atomic
 from idd_edge.errors import InputError, StageError
 from idd_edge.export import compile_imx500, gate
 from idd_edge.export.compile_imx500 import Imx500Settings, Imx500Target, compile_all, converter_reason, parse_memory_report
@@ -223,3 +224,19 @@ print(quantize_with_mct(network, calibration, Imx500Settings(method="gptq", gptq
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "'method': 'gptq'" in result.stdout and (tmp_path / "gptq.onnx").stat().st_size > 0
+
+
+def test_ultralytics_models_are_skipped_with_a_reason_and_students_are_not(tmp_path):
+    """YOLO26n-sem is a semantic run but an Ultralytics model: the toolchain environment cannot build it, so
+    the stage records why instead of failing (students go through)."""
+    from idd_edge.export.compile_imx500 import skip_reason
+
+    def record(run: str, arch: str, role: str = "semantic") -> dict:
+        run_dir = tmp_path / run
+        atomic.write_json(run_dir / "model.json", {"model": {"name": run, "arch": arch}, "num_classes": 16,
+                                                   "input_size": [128, 224], "label_level": "level2"})
+        return {"name": run, "role": role, "run_dir": str(run_dir)}
+
+    assert skip_reason(record("kd_mnv4s_lraspp", "lraspp")) is None
+    assert "Ultralytics" in skip_reason(record("ultralytics_sem", "ultralytics_sem"))
+    assert "YOLOv8n-seg" in skip_reason(record("yolov8n_seg", "none", role="instance"))

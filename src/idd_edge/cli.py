@@ -24,6 +24,8 @@ STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.yolo.bridge",
     "idd_edge.yolo.train",
     "idd_edge.yolo.export",
+    "idd_edge.yolo.sem_bridge",
+    "idd_edge.yolo.sem_train",
     "idd_edge.seg.train",
     "idd_edge.seg.teacher_logits",
     "idd_edge.seg.evaluate",

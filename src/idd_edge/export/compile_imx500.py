@@ -398,9 +398,9 @@ def _compile_from_params(params_path: str) -> int:
     calib_dir = Path(config.section(params, "calibrate.out", params_path))
     targets, evaluators, skipped = [], {}, {}
     for record in exports:
-        if record["role"] != "semantic":
-            skipped[record["name"]] = ("not converted: the IMX500 flow here takes the semantic students; YOLOv8n-seg "
-                                       "needs Sony's own MCT recipe for Ultralytics models (not wired in)")
+        why_not = skip_reason(record)
+        if why_not:
+            skipped[record["name"]] = why_not
             continue
         target = target_from_record(record)
         targets.append((target, load_calibration(calib_dir / f"{preprocessing.calibration_key(record)}.npy", target.input_hw)))
@@ -409,6 +409,22 @@ def _compile_from_params(params_path: str) -> int:
     log.info("IMX500: %d of %d models fit (%.0f s)", sum(bool(m["fits"]) for m in status["models"].values()),
              len(status["models"]), status["seconds"])
     return 0
+
+
+def skip_reason(record: Mapping[str, Any]) -> str | None:
+    """Why an exported model does not go through this IMX500 flow (None: it does). Ultralytics' models (the
+    YOLOv8n-seg branch, and YOLO26n-sem even as a semantic run) need Sony's own MCT recipe for them and
+    Ultralytics in the toolchain environment, which tools/imx500/ does not install."""
+    if record["role"] != "semantic":
+        return ("not converted: the IMX500 flow here takes the semantic students; YOLOv8n-seg "
+                "needs Sony's own MCT recipe for Ultralytics models (not wired in)")
+    from idd_edge.seg.trained import read_info
+    from idd_edge.seg.ultralytics_sem import ARCH
+
+    if read_info(Path(record["run_dir"]))["model"].get("arch") == ARCH:
+        return ("not converted: YOLO26n-sem is an Ultralytics model; it needs Sony's own MCT recipe for them and "
+                "Ultralytics in the toolchain environment (tools/imx500/ has neither)")
+    return None
 
 
 def target_from_record(record: Mapping[str, Any]) -> Imx500Target:

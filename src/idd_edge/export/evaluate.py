@@ -8,7 +8,7 @@ from the training metrics (`idd_edge.seg.metrics`), so "mIoU" means the same thi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,10 @@ def evaluate_semantic(
     return scores
 
 
-def validation_dataset(val_dir: Path, level: str, size_hw: tuple[int, int]) -> Any:
-    """The training code's validation dataset (plain resize, no augmentation)."""
+def validation_dataset(val_dir: Path, level: str, size_hw: tuple[int, int],
+                       normalization: Mapping[str, Any] | None = None) -> Any:
+    """The training code's validation dataset (plain resize, no augmentation), normalised as `normalization`
+    (a `model.json` record; None: ImageNet) for the samples it yields."""
     from idd_edge.seg.data import IDDSegDataset
 
-    return IDDSegDataset(val_dir, level, size_hw, augment=None)
+    return IDDSegDataset(val_dir, level, size_hw, augment=None, normalization=normalization)

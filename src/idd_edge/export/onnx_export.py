@@ -229,9 +229,10 @@ def export_semantic_run(run_dir: Path, out_dir: Path, val_dir: Path, level: str,
         raise InputError(run_dir / "model.json", f"trained for {info['label_level']}, but the pipeline is at {level}; "
                          "retrain or set label_level")
     size_hw = (int(info["input_size"][0]), int(info["input_size"][1]))
-    dataset = validation_dataset(val_dir, level, size_hw)  # the training code's own validation transform
-    parity_inputs = [dataset[i][0][None].numpy() for i in range(min(parity_images, len(dataset)))]
     normalization = info["normalization"]
+    # the training code's own validation transform, with the model's own input normalization
+    dataset = validation_dataset(val_dir, level, size_hw, normalization)
+    parity_inputs = [dataset[i][0][None].numpy() for i in range(min(parity_images, len(dataset)))]
     metadata = {
         "role": "semantic",
         "run": run_dir.name,

@@ -2,7 +2,9 @@
 plus a per-class IoU diff between two runs.
 
 Reads what the training and evaluation stages write for every run under `artifacts/seg/<run>/`
-(`train_metrics.json`, `eval/metrics.json`) and, when present, `artifacts/yolo/metrics.json`. Without
+(`train_metrics.json`, `eval/metrics.json`) and, when present, `artifacts/yolo/metrics.json`, the export
+stage's ONNX sizes and the CPU latency `benchmarks/int8.py --json` measured (a second table: mIoU beside
+params, GFLOPs, ONNX size and ms per frame, the Ultralytics YOLO26n-sem run among the students). Without
 experiment names it reads the workspace; with names (DVC experiments, branches, tags, commits) it reads
 the same files at those revisions through DVC's file system (git-tracked and DVC-cached files alike),
 next to the workspace. The table is printed (rich) and written as Markdown; `--a`/`--b` add a per-class
@@ -17,7 +19,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +37,14 @@ DEFAULT_OUT = "artifacts/reports/compare.md"
 TRAIN_METRICS = "train_metrics.json"
 EVAL_METRICS = "eval/metrics.json"
 
-ROLE_TITLES = {"teacher": "Teacher", "baseline": "Baseline student", "kd": "Logit KD"}
+DEFAULT_EXPORT_METRICS = "artifacts/reports/export"
+DEFAULT_LATENCY = "artifacts/reports/latency.json"
+
+ROLE_TITLES = {"teacher": "Teacher", "baseline": "Baseline student", "kd": "Logit KD",
+               "ultralytics": "Ultralytics semantic"}
 SEG_HEADERS = ("Experiment", "Label", "Run", "Model", "Best mIoU", "Best Epoch", "Final losses", "Eval mIoU")
+COST_HEADERS = ("Experiment", "Run", "Eval mIoU", "Params (M)", "GFLOPs", "ONNX MB", "CPU ms/frame",
+                "mIoU pt per ms")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,6 +59,9 @@ class Snapshot(Protocol):
 
     def list_dirs(self, path: str) -> list[str]:
         """Names of the sub-directories of `path` (empty if `path` does not exist)."""
+
+    def list_files(self, path: str) -> list[str]:
+        """Names of the files in `path` (empty if `path` does not exist)."""
 
     def where(self, path: str) -> str:
         """How to name `path` in this snapshot in an error message."""
@@ -82,6 +93,10 @@ class WorkspaceSnapshot:
     def list_dirs(self, path: str) -> list[str]:
         directory = self.root / path
         return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+
+    def list_files(self, path: str) -> list[str]:
+        directory = self.root / path
+        return sorted(p.name for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
 
     def where(self, path: str) -> str:
         return str(self.root / path)
@@ -132,11 +147,17 @@ class RevSnapshot:
         return _parse_json(text, self.where(path))
 
     def list_dirs(self, path: str) -> list[str]:
+        return self._list(path, "directory")
+
+    def list_files(self, path: str) -> list[str]:
+        return self._list(path, "file")
+
+    def _list(self, path: str, kind: str) -> list[str]:
         relative = self._relative(path)
         if not self.fs.isdir(relative):
             return []
         entries = self.fs.ls(relative, detail=True)
-        return sorted(Path(entry["name"]).name for entry in entries if entry["type"] == "directory")
+        return sorted(Path(entry["name"]).name for entry in entries if entry["type"] == kind)
 
     def where(self, path: str) -> str:
         return f"{self.name}:{self._relative(path)}"
@@ -164,6 +185,8 @@ class RunRecord:
     run: str
     train: dict[str, Any]
     eval: dict[str, Any] | None
+    #: deployment cost where measured: `onnx_mb` (export stage), `cpu_ms` (benchmarks/int8.py --json)
+    cost: dict[str, float] = field(default_factory=dict)
 
     @property
     def label_level(self) -> str:
@@ -283,6 +306,26 @@ class IoUDiff:
         return [name for name, verdict in self.verdicts.items() if verdict == "worse"]
 
 
+def load_costs(snapshot: Snapshot, export_metrics: str = DEFAULT_EXPORT_METRICS,
+               latency: str = DEFAULT_LATENCY) -> dict[str, dict[str, float]]:
+    """Per run: ONNX size from the export stage's metrics and ONNX Runtime fp32 CPU milliseconds per frame
+    from `benchmarks/int8.py --json` (a machine-dependent measurement, so no pipeline stage writes it)."""
+    costs: dict[str, dict[str, float]] = {}
+    for name in snapshot.list_files(export_metrics):
+        if name.endswith(".json"):
+            metrics = snapshot.read_json(f"{export_metrics}/{name}") or {}
+            if _number(metrics.get("onnx_mb")):
+                costs.setdefault(name.removesuffix(".json"), {})["onnx_mb"] = float(metrics["onnx_mb"])
+    measured = snapshot.read_json(latency)
+    if measured is not None:
+        models = _require(measured, "models", lambda v: isinstance(v, dict), snapshot.where(latency), "an object")
+        for run, row in models.items():
+            if not (isinstance(row, dict) and _number(row.get("wall_fp32_ms"))):
+                raise InputError(snapshot.where(latency), f"models.{run}.wall_fp32_ms must be a number")
+            costs.setdefault(run, {})["cpu_ms"] = float(row["wall_fp32_ms"])
+    return costs
+
+
 @dataclass
 class Comparison:
     records: list[RunRecord]
@@ -313,14 +356,18 @@ def diff_runs(a: RunRecord, b: RunRecord, snapshot_a: Snapshot, snapshot_b: Snap
 
 def compare(snapshots: Sequence[Snapshot], runs_dir: str = DEFAULT_RUNS_DIR,
             yolo_metrics: str = DEFAULT_YOLO_METRICS, a: str | None = None, b: str | None = None,
-            tolerance: float = DELTA_TOLERANCE) -> Comparison:
-    """Load every run of every snapshot and, with `a` and `b` (`EXP:RUN` or `RUN`), their IoU diff."""
+            tolerance: float = DELTA_TOLERANCE, export_metrics: str = DEFAULT_EXPORT_METRICS,
+            latency: str = DEFAULT_LATENCY) -> Comparison:
+    """Load every run of every snapshot (with its deployment cost where measured) and, with `a` and `b`
+    (`EXP:RUN` or `RUN`), their IoU diff."""
     if (a is None) != (b is None):
         raise InputError(None, "--a and --b go together: name both runs to diff")
     by_name = {snapshot.name: snapshot for snapshot in snapshots}
     comparison = Comparison(records=[])
     for snapshot in snapshots:
-        comparison.records.extend(load_runs(snapshot, runs_dir))
+        costs = load_costs(snapshot, export_metrics, latency)
+        comparison.records.extend(replace(record, cost=costs.get(record.run, {}))
+                                  for record in load_runs(snapshot, runs_dir))
         yolo = load_yolo_metrics(snapshot, yolo_metrics)
         if yolo is not None:
             comparison.yolo[snapshot.name] = yolo
@@ -392,6 +439,31 @@ def seg_rows(records: Sequence[RunRecord]) -> list[tuple[str, ...]]:
     return rows
 
 
+def format_number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def cost_rows(records: Sequence[RunRecord]) -> list[tuple[str, ...]]:
+    """mIoU beside what a run costs to deploy: parameters and GFLOPs (evaluate stage), ONNX size (export
+    stage) and CPU latency (benchmarks/int8.py), and the accuracy bought per millisecond."""
+    rows = []
+    for record in records:
+        evaluation = record.eval or {}
+        miou, cpu_ms = evaluation.get("miou"), record.cost.get("cpu_ms")
+        params = evaluation.get("params")
+        rows.append((
+            record.experiment,
+            record.run,
+            format_percent(miou),
+            format_number(None if params is None else params / 1e6, 3),
+            format_number(evaluation.get("gflops"), 3),
+            format_number(record.cost.get("onnx_mb"), 2),
+            format_number(cpu_ms, 2),
+            format_number(None if miou is None or not cpu_ms else 100 * miou / cpu_ms, 2),
+        ))
+    return rows
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for key, value in data.items():
@@ -452,7 +524,12 @@ def render_markdown(comparison: Comparison, diff_plot: str | None = None) -> str
     """The whole report as Markdown; `diff_plot` is the plot's path relative to the report."""
     parts = ["# Run comparison", "", "## Semantic segmentation", "",
              "Best mIoU: best validation mIoU during training; Eval mIoU: the evaluate stage.", "",
-             markdown_table(SEG_HEADERS, seg_rows(comparison.records)), ""]
+             markdown_table(SEG_HEADERS, seg_rows(comparison.records)), "",
+             "## Accuracy and deployment cost", "",
+             "Params and GFLOPs (one frame at the model input): the evaluate stage; ONNX MB: the export stage "
+             "(deployed models only); CPU ms/frame: ONNX Runtime fp32, batch 1, from "
+             f"`benchmarks/int8.py --json {DEFAULT_LATENCY}` on the machine that ran it.", "",
+             markdown_table(COST_HEADERS, cost_rows(comparison.records)), ""]
     if comparison.yolo:
         parts += ["## YOLO instance segmentation", "",
                   markdown_table(("Experiment", "Metric", "Value"), yolo_rows(comparison.yolo)), ""]
@@ -485,6 +562,7 @@ def print_comparison(comparison: Comparison, console: Any = None) -> None:
         console.print(table)
 
     show("Semantic segmentation", SEG_HEADERS, seg_rows(comparison.records))
+    show("Accuracy and deployment cost", COST_HEADERS, cost_rows(comparison.records))
     if comparison.yolo:
         show("YOLO instance segmentation", ("Experiment", "Metric", "Value"), yolo_rows(comparison.yolo))
     if comparison.diff is not None:
@@ -543,6 +621,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--diff-plot", help="per-class IoU change plot (default: <out>_iou_diff.png)")
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="run directories, relative to the repo")
     parser.add_argument("--yolo-metrics", default=DEFAULT_YOLO_METRICS, help="YOLO metrics file, relative to the repo")
+    parser.add_argument("--export-metrics", default=DEFAULT_EXPORT_METRICS,
+                        help="the export stage's per-model metrics directory, relative to the repo")
+    parser.add_argument("--latency", default=DEFAULT_LATENCY,
+                        help="CPU latency written by `benchmarks/int8.py --json`, relative to the repo (optional)")
     parser.add_argument("--repo", default=".", help="git+DVC repository root (default: current directory)")
     parser.set_defaults(handler=_run)
 
@@ -558,7 +640,8 @@ def _run(args: argparse.Namespace) -> int:
                 experiments.append(experiment)
     snapshots = snapshots_for(experiments, args.repo, runs_dir=args.runs_dir)
     comparison = compare(snapshots, args.runs_dir, args.yolo_metrics, args.a, args.b,
-                         tolerance=args.tolerance_points / 100)
+                         tolerance=args.tolerance_points / 100, export_metrics=args.export_metrics,
+                         latency=args.latency)
     print_comparison(comparison)
     out = write_report(comparison, args.out, args.diff_plot)
     log.info("wrote %s", out)

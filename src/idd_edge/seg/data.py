@@ -18,6 +18,7 @@ size mismatch between image and mask, values outside the label space.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,10 +129,13 @@ class IDDSegDataset(Dataset):
         augment: training augmentation, or None for validation (plain resize).
         mask_mode: `auto`, `train_id` or `id` (see module docstring).
         teacher_logits: cached teacher logits of this split (`logit_cache.TeacherLogits`), training only.
+        normalization: the model's input normalization, `{mean, std}` on the 0-255 scale as `model.json`
+            records it (None: ImageNet, what the students and the teacher train with).
     """
 
     def __init__(self, split_dir: Path, level: str, size: tuple[int, int], augment: Augment | None = None,
-                 mask_mode: str = "auto", teacher_logits: TeacherLogits | None = None):
+                 mask_mode: str = "auto", teacher_logits: TeacherLogits | None = None,
+                 normalization: Mapping[str, Any] | None = None):
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
         if teacher_logits is not None and augment is None:
@@ -142,7 +146,7 @@ class IDDSegDataset(Dataset):
         self.teacher_logits = teacher_logits
         if teacher_logits is not None:
             teacher_logits.check_covers(self.stems)
-        self.transform = build_transform(augment)
+        self.transform = build_transform(augment, normalization)
 
     @property
     def stems(self) -> list[str]:
@@ -205,18 +209,24 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return resized.as_subclass(torch.Tensor).numpy()
 
 
-def build_transform(augment: Augment | None) -> Any:
+def build_transform(augment: Augment | None, normalization: Mapping[str, Any] | None = None) -> Any:
     """torchvision v2 pipeline of the image after its resize (validation: `resize_semantic`; training:
-    `Crop.apply`): colour jitter when training, then ImageNet normalisation."""
+    `Crop.apply`): colour jitter when training, then the normalisation (`{mean, std}` on the 0-255 scale;
+    None: ImageNet)."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if normalization is not None:  # on the 0-1 scale the tensors have after ToDtype(scale=True)
+        mean = tuple(float(m) / 255 for m in normalization["mean"])
+        std = tuple(float(s) / 255 for s in normalization["std"])
 
     steps: list[Any] = []
     if augment is not None:
         steps = [v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)]
     steps += [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(mean, std),
     ]
     return v2.Compose(steps)
 

@@ -2,7 +2,8 @@
 
 Same protocol as validation during training (the seed's): images resized to the model input, masks
 resized nearest, void ignored; scores from `idd_edge.seg.metrics`. Writes `<train.out>/<RUN>/eval/`:
-- `metrics.json` (DVC metrics): mIoU, pixel accuracy, per-class IoU; for a level3 run also the level2
+- `metrics.json` (DVC metrics): mIoU, pixel accuracy, per-class IoU, the model's parameters and GFLOPs
+  at its input size (`idd-edge compare` shows them); for a level3 run also the level2
   and level1 scores derived by merging its confusion matrix (no retraining per level needed);
 - `confusion.json` and the plots `confusion.png` (row-normalised) and `per_class_iou.png`.
 """
@@ -35,11 +36,13 @@ def evaluate_run(run_dir: Path, split_dir: Path, label_level: str, batch_size: i
     from idd_edge.seg.trained import INFO_NAME, load_trained
 
     model, info = load_trained(run_dir)
+    profile = model_profile(model, tuple(info["input_size"]))
     if info["label_level"] != label_level:
         raise InputError(run_dir / INFO_NAME, f"model trained on {info['label_level']}, but label_level is "
                                               f"{label_level}; re-run its training stage")
     class_names = LEVEL_CLASS_NAMES[label_level]
-    dataset = IDDSegDataset(split_dir / "val", label_level, tuple(info["input_size"]), None, mask_mode)
+    dataset = IDDSegDataset(split_dir / "val", label_level, tuple(info["input_size"]), None, mask_mode,
+                            normalization=info["normalization"])  # each model's own input scaling
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     confusion = torch.zeros((len(class_names),) * 2, dtype=torch.int64, device=device)
@@ -52,7 +55,7 @@ def evaluate_run(run_dir: Path, split_dir: Path, label_level: str, batch_size: i
     scores = segmentation_scores(confusion, class_names)
     metrics: dict[str, Any] = {"run": run_dir.name, "label_level": label_level, "miou": scores["miou"],
                                "pixel_accuracy": scores["pixel_accuracy"], "num_images": len(dataset),
-                               "per_class_iou": scores["per_class_iou"]}
+                               "per_class_iou": scores["per_class_iou"], **profile}
     derived = {}
     for coarser in DERIVED_LEVELS.get(label_level, ()):
         merged = segmentation_scores(merge_confusion(confusion, label_level, coarser), LEVEL_CLASS_NAMES[coarser])
@@ -69,6 +72,18 @@ def evaluate_run(run_dir: Path, split_dir: Path, label_level: str, batch_size: i
     log.info("%s: val mIoU %.2f%%, pixel accuracy %.2f%% on %d images", run_dir.name, 100 * (scores["miou"] or 0),
              100 * (scores["pixel_accuracy"] or 0), len(dataset))
     return metrics
+
+
+def model_profile(model: Any, input_hw: tuple[int, int]) -> dict[str, Any]:
+    """Parameters and GFLOPs of one forward pass at batch 1 and the model's input size, counted by torch's
+    FLOP counter (convolutions and matrix products, 2 FLOPs per multiply-add), the same way for every run."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, *input_hw))
+    return {"params": sum(p.numel() for p in model.parameters()), "gflops": round(counter.get_total_flops() / 1e9, 4)}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -4,6 +4,8 @@ Architectures (seed report section 6):
 - `lraspp`: MobileNetV4 + LR-ASPP (`lraspp.py`), the seed's Hailo student.
 - `deeplabv3plus`: segmentation-models-pytorch DeepLabV3+ on a timm backbone (`tu-<backbone>`).
 - `upernet`: segmentation-models-pytorch UPerNet on a timm backbone (the ConvNeXt teacher).
+- `ultralytics_sem`: Ultralytics YOLO26-sem from its model YAML (`ultralytics_sem.py`), trained by
+  Ultralytics' own trainer as the reference the students are measured against; no ImageNet init.
 
 MobileNetV4 conv variants use plain ReLU (no hard-swish / hard-sigmoid), so students export to ONNX
 and Hailo without activation rewrites; `export_unfriendly_modules` lets tests keep it that way.
@@ -25,7 +27,7 @@ from idd_edge.seg.pretrained import init_backbone
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("lraspp", "deeplabv3plus", "upernet")
+ARCHITECTURES = ("lraspp", "deeplabv3plus", "upernet", "ultralytics_sem")
 #: The largest stride a decoder sees; input sizes must be multiples of it (static, exact resizes).
 INPUT_SIZE_MULTIPLE = 32
 
@@ -109,6 +111,10 @@ def build_model(
     arch = model_cfg["arch"]
     if input_size is not None:
         input_size = check_input_size(input_size)
+    if arch == "ultralytics_sem":  # its own initialisation (Ultralytics'), no timm backbone
+        from idd_edge.seg.ultralytics_sem import build_ultralytics_sem
+
+        return build_ultralytics_sem(model_cfg, num_classes)
     if arch == "lraspp":
         model, backbone = _lraspp(model_cfg, num_classes, input_size)
     elif arch == "deeplabv3plus":

@@ -30,15 +30,17 @@ NORMALIZATION = {
 }
 
 
-def save_trained(run_dir: Path, state_dict: Mapping[str, torch.Tensor], info: dict[str, Any]) -> None:
-    """Atomically write the weights and their description (info must name model, classes, size, level)."""
+def save_trained(run_dir: Path, state_dict: Mapping[str, torch.Tensor], info: dict[str, Any],
+                 normalization: Mapping[str, Any] = NORMALIZATION) -> None:
+    """Atomically write the weights and their description (info must name model, classes, size, level);
+    `normalization` is the input scaling the network was trained with (ImageNet unless said otherwise)."""
     for key in ("run", "model", "num_classes", "input_size", "label_level", "class_names"):
         if key not in info:
             raise ValueError(f"model info lacks {key!r}")
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, buffer)
     atomic.write_bytes(run_dir / WEIGHTS_NAME, buffer.getvalue())
-    atomic.write_json(run_dir / INFO_NAME, {**info, "normalization": NORMALIZATION, "weights": WEIGHTS_NAME})
+    atomic.write_json(run_dir / INFO_NAME, {**info, "normalization": dict(normalization), "weights": WEIGHTS_NAME})
 
 
 def read_info(run_dir: Path) -> dict[str, Any]:

@@ -35,8 +35,8 @@ METRIC_COLUMNS = {
 LOSS_NAMES = ("box", "seg", "cls", "dfl")
 
 
-def read_results(path: Path) -> list[dict[str, float]]:
-    """Rows of an Ultralytics results.csv as floats (column names stripped of padding)."""
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """Rows of an Ultralytics results.csv (any task) as floats (column names stripped of padding)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -44,6 +44,12 @@ def read_results(path: Path) -> list[dict[str, float]]:
     rows = [{key.strip(): float(value) for key, value in row.items()} for row in csv.DictReader(io.StringIO(text))]
     if not rows:
         raise StageError(f"{path}: results.csv has no epochs")
+    return rows
+
+
+def read_results(path: Path) -> list[dict[str, float]]:
+    """Rows of an instance-segmentation results.csv, checked for the columns `summarize` reads."""
+    rows = read_rows(path)
     missing = {c for group in METRIC_COLUMNS.values() for c in group.values()} - rows[0].keys()
     missing |= {f"{split}/{name}_loss" for split in ("train", "val") for name in LOSS_NAMES} - rows[0].keys()
     if missing:
