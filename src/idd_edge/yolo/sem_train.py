@@ -12,6 +12,7 @@ images only (`imgsz` is one number); with the short side scaled to `imgsz` durin
     train_metrics.json     the contract `idd-edge compare` reads: Ultralytics' own last-epoch validation
                            mIoU (its letterboxed square protocol; the evaluate stage gives the comparable one)
     ultralytics/           Ultralytics' run directory (results.csv, args.yaml, plots), replaced atomically
+                           when training ends (an interrupted run resumes: `yolo/resume.py`)
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from idd_edge import atomic, config
 from idd_edge.errors import InputError, StageError
 from idd_edge.yolo import results
 from idd_edge.yolo.offline import import_ultralytics
+from idd_edge.yolo.resume import prepare_staging, run_fingerprint, state_file
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,10 @@ class SemTrainSettings:
         return settings
 
 
-def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
-          input_size: tuple[int, int]) -> dict[str, Any]:
-    """Train on `dataset` (a yolo-sem-bridge directory), write RUN_DIR (see module doc), return the metrics."""
+def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str, input_size: tuple[int, int],
+          callbacks: Mapping[str, Callable[[object], None]] | None = None) -> dict[str, Any]:
+    """Train on `dataset` (a yolo-sem-bridge directory), or resume its interrupted run (`yolo/resume.py`);
+    write RUN_DIR (see module doc), return the metrics. `callbacks`: extra Ultralytics callbacks by event."""
     data_yaml = dataset / "data.yaml"
     if not data_yaml.is_file():
         raise InputError(data_yaml, "not found; run `idd-edge yolo-sem-bridge` first")
@@ -91,8 +95,7 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
         raise InputError(data_yaml, f"class names are not those of {level}; re-run `idd-edge yolo-sem-bridge`")
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = (run_dir / ".ultralytics.staging").resolve()
-    if staging.exists():
-        shutil.rmtree(staging)
+    resume_from = prepare_staging(staging, run_fingerprint(asdict(settings), dataset))
     overrides = {
         "model": settings.model, "data": str(data_yaml.resolve()), "epochs": settings.epochs,
         "imgsz": settings.imgsz, "batch": settings.batch, "workers": settings.workers, "device": settings.device,
@@ -103,10 +106,14 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
         "pretrained": False, "project": str(staging.parent), "name": staging.name, "exist_ok": True,
         "verbose": True,
     }
+    if resume_from is not None:  # Ultralytics takes every setting, the epoch and the optimizer from it
+        overrides["resume"] = str(resume_from)
     try:
         trainer = SemanticSegmentationTrainer(overrides=overrides)
     except (ValueError, TypeError, SyntaxError) as exc:  # Ultralytics' check_cfg on a bad setting
         raise StageError(f"yolo.semantic.train: Ultralytics refused the settings: {exc}") from None
+    for event, callback in (callbacks or {}).items():
+        trainer.add_callback(event, callback)
     trainer.train()
     if getattr(trainer, "ema", None) is None:
         raise StageError(f"{staging}: Ultralytics finished without EMA weights (training ended before the first step)")
@@ -129,6 +136,7 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str,
     }, normalization=NORMALIZATION)
     shutil.rmtree(staging / "weights", ignore_errors=True)  # pickled checkpoints: model.pt holds the weights
     atomic.replace_dir(staging, run_dir / "ultralytics")
+    state_file(staging).unlink(missing_ok=True)
     atomic.write_json(run_dir / "train_metrics.json", metrics)
     return metrics
 

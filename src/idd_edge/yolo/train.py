@@ -4,6 +4,7 @@ The architecture comes from the model YAML; initial weights from a local checkpo
 (never downloaded), otherwise training starts from scratch and says so. Writes under OUT:
 
     train/                 the Ultralytics run (weights/best.pt, last.pt, results.csv, plots), replaced atomically
+                           when training ends (an interrupted run resumes: `yolo/resume.py`)
     metrics.json           DVC metrics: best-epoch box/mask mAP50, mAP50-95, precision, recall; last losses
     plots/losses.csv       per-epoch train/val losses (DVC plots)
     plots/metrics.csv      per-epoch box/mask metrics (DVC plots)
@@ -14,8 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
-import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from idd_edge import atomic, config
@@ -23,6 +24,7 @@ from idd_edge.errors import InputError
 from idd_edge.yolo import results
 from idd_edge.yolo.amp import AMP_CHOICES, answered_amp_check, resolve_amp
 from idd_edge.yolo.offline import import_ultralytics
+from idd_edge.yolo.resume import prepare_staging, run_fingerprint, state_file
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,10 @@ def transferred_weights(model_yaml: str, checkpoint: Path, num_classes: int) -> 
     return len(intersect_dicts(source.float().state_dict(), target)), len(target)
 
 
-def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
-    """Train on `dataset` (a yolo-bridge directory with data.yaml); write OUT (see module doc); return metrics."""
+def train(dataset: Path, out: Path, settings: TrainSettings,
+          callbacks: Mapping[str, Callable[[object], None]] | None = None) -> dict:
+    """Train on `dataset` (a yolo-bridge directory with data.yaml), or resume its interrupted run; write OUT
+    (see module doc); return metrics. `callbacks`: extra Ultralytics callbacks by event name."""
     data_yaml = dataset / "data.yaml"
     if not data_yaml.is_file():
         raise InputError(data_yaml, "not found; run `idd-edge yolo-bridge` first")
@@ -127,37 +131,43 @@ def train(dataset: Path, out: Path, settings: TrainSettings) -> dict:
     amp = resolve_amp(settings.amp, settings.device, settings.model, settings.pretrained, num_classes)
     out.mkdir(parents=True, exist_ok=True)
     staging = (out / ".train.staging").resolve()
-    if staging.exists():
-        shutil.rmtree(staging)
+    resume_from = prepare_staging(staging, run_fingerprint(asdict(settings), dataset))
     with answered_amp_check(amp):  # Ultralytics' own check would download yolo26n.pt
-        YOLO(settings.model, task="segment").train(
-            data=str(data_yaml.resolve()),
-            epochs=settings.epochs,
-            imgsz=settings.imgsz,
-            batch=settings.batch,
-            workers=settings.workers,
-            device=settings.device,
-            patience=settings.patience,
-            amp=amp.amp,
-            cache=settings.cache,
-            plots=settings.plots,
-            seed=settings.seed,
-            optimizer=settings.optimizer,
-            lr0=settings.lr0,
-            nbs=settings.nbs,
-            warmup_epochs=settings.warmup_epochs,
-            close_mosaic=settings.close_mosaic,
-            val=settings.val,
-            deterministic=True,
-            pretrained=str(settings.pretrained) if init["weights"] else False,
-            project=str(staging.parent),
-            name=staging.name,
-            exist_ok=True,
-            verbose=True,
-        )
+        model = YOLO(str(resume_from or settings.model), task="segment")
+        for event, callback in (callbacks or {}).items():
+            model.add_callback(event, callback)
+        if resume_from is not None:  # Ultralytics takes every setting, the epoch and the optimizer from it
+            model.train(resume=True)
+        else:
+            model.train(
+                data=str(data_yaml.resolve()),
+                epochs=settings.epochs,
+                imgsz=settings.imgsz,
+                batch=settings.batch,
+                workers=settings.workers,
+                device=settings.device,
+                patience=settings.patience,
+                amp=amp.amp,
+                cache=settings.cache,
+                plots=settings.plots,
+                seed=settings.seed,
+                optimizer=settings.optimizer,
+                lr0=settings.lr0,
+                nbs=settings.nbs,
+                warmup_epochs=settings.warmup_epochs,
+                close_mosaic=settings.close_mosaic,
+                val=settings.val,
+                deterministic=True,
+                pretrained=str(settings.pretrained) if init["weights"] else False,
+                project=str(staging.parent),
+                name=staging.name,
+                exist_ok=True,
+                verbose=True,
+            )
     rows = results.read_results(staging / "results.csv")
     metrics = {**results.summarize(rows), "init": {"transferred": init["transferred"], "total": init["total"]}}
     atomic.replace_dir(staging, out / "train")
+    state_file(staging).unlink(missing_ok=True)
     atomic.write_json(out / "metrics.json", metrics)
     for name, text in results.plot_tables(rows).items():
         atomic.write_text(out / "plots" / name, text)
