@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import cv2
 from tqdm import tqdm
 
 from idd_edge import atomic, labels
+from idd_edge.pool import map_in_processes
 from idd_edge.errors import InputError
 from idd_edge.images import leftimg8bit_suffix
 
@@ -153,7 +152,8 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
                     summary.copied_instead_of_linked += link_or_copy(masks[stem], mask_dir / f"{stem}.png")
             jobs = [(images[stem], masks[stem], image_dir / f"{stem}.png", mask_dir / f"{stem}.png", train_scale)
                     for stem in sorted(scaled)]
-            _run_scaling(jobs, workers, f"split {split} x{train_scale:g}")
+            map_in_processes(_write_scaled, jobs, workers, {"desc": f"split {split} x{train_scale:g}", "unit": "img",
+                                                            "leave": False})
             summary.pairs[split] = len(paired)
             summary.images_without_mask[split] = sorted(images.keys() - masks.keys())
             summary.masks_without_image[split] = sorted(masks.keys() - images.keys())
@@ -172,17 +172,6 @@ def organize_splits(image_root: Path, converted_root: Path, out_root: Path, leve
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
-
-
-def _run_scaling(jobs: list[tuple[Path, Path, Path, Path, float]], workers: int, desc: str) -> None:
-    progress = dict(total=len(jobs), desc=desc, unit="img", leave=False)
-    if workers <= 1 or len(jobs) < 2 * workers:
-        for job in tqdm(jobs, **progress):
-            _write_scaled(job)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(_write_scaled, jobs, chunksize=max(1, math.ceil(len(jobs) / (workers * 8)))), **progress):
-            pass
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -22,16 +22,15 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from idd_edge import atomic, config, labels
+from idd_edge.pool import map_in_processes
 from idd_edge.errors import InputError, StageError
 from idd_edge.images import find_leftimg8bit
 from idd_edge.yolo import polygons
@@ -203,11 +202,8 @@ def _split_tasks(
 
 
 def _run(tasks: list[_Task], workers: int) -> list[ImageResult]:
-    progress = dict(total=len(tasks), desc="yolo-bridge", unit="img", mininterval=1.0)
-    if workers <= 1 or len(tasks) < 8:
-        return [_bridge_image(task) for task in tqdm(tasks, **progress)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_bridge_image, tasks, chunksize=8), **progress))
+    return map_in_processes(_bridge_image, tasks, workers, {"desc": "yolo-bridge", "unit": "img", "mininterval": 1.0},
+                            chunksize=8, min_jobs=8)
 
 
 def _bridge_image(task: _Task) -> ImageResult:

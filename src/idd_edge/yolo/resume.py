@@ -5,9 +5,9 @@ staging directory, which only becomes the stage's output when training ends. A r
 lost SSH session, a pre-empted GPU box: hours at IDD scale) leaves that directory behind; the next run of
 the stage continues from its `last.pt` when it was started with the same settings on the same dataset, and
 starts afresh otherwise. What "the same" means is a fingerprint recorded beside the staging directory
-(`<staging>.run.json`, so the stage's output stays Ultralytics' own) when a run starts: the stage's settings and every dataset file's path, size and modification time (DVC replaces
-a changed file, which changes its time). Ultralytics' own label caches (`*.cache`) are left out: it
-rewrites them while training.
+(`<staging>.run.json`, so the stage's output stays Ultralytics' own) when a run starts: the stage's
+settings and every dataset file's path, size and modification time (DVC replaces a changed file, which
+changes its time). Ultralytics' own label caches (`*.cache`) are left out: it rewrites them while training.
 
 The checkpoint is loaded by Ultralytics (`resume=`), through the class allow-list of `yolo/offline.py`
 (`torch.load(weights_only=True)`), and it is this stage's own file, never one from outside.
@@ -32,8 +32,8 @@ IGNORED_SUFFIXES = (".cache",)
 
 def dataset_fingerprint(dataset: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime ns) of every file under `dataset`, Ultralytics' caches left out."""
-    files = sorted(p for p in dataset.rglob("*") if p.is_file() and p.suffix not in IGNORED_SUFFIXES)
-    return [(str(p.relative_to(dataset)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stats = {p: p.stat() for p in dataset.rglob("*") if p.is_file() and p.suffix not in IGNORED_SUFFIXES}
+    return [(str(p.relative_to(dataset)), stat.st_size, stat.st_mtime_ns) for p, stat in sorted(stats.items())]
 
 
 def run_fingerprint(settings: dict[str, Any], dataset: Path) -> str:
