@@ -240,3 +240,33 @@ def test_ultralytics_models_are_skipped_with_a_reason_and_students_are_not(tmp_p
     assert skip_reason(record("kd_mnv4s_lraspp", "lraspp")) is None
     assert "Ultralytics" in skip_reason(record("ultralytics_sem", "ultralytics_sem"))
     assert "YOLOv8n-seg" in skip_reason(record("yolov8n_seg", "none", role="instance"))
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_precheck_refuses_align_corners_resize_before_mct(tmp_path, align_corners):
+    """smp's DeepLabV3+ upsamples with align_corners=True, which imxconv-pt refuses after MCT has spent
+    10-30 s on the model: the exported graph is checked first. half_pixel passes to the real toolchain."""
+    import torch
+
+    from idd_edge.export.compile_imx500 import converter_precheck
+
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=align_corners)
+
+    path = tmp_path / "up.onnx"
+    torch.onnx.export(Up(), torch.zeros(1, 3, 8, 8), str(path), opset_version=13, dynamo=False)
+    reason = converter_precheck(path)
+    if align_corners:
+        assert reason is not None and "align_corners" in reason and "up.onnx" in reason
+    else:
+        assert reason is None
+
+
+def test_precheck_names_an_unreadable_onnx(tmp_path):
+    from idd_edge.export.compile_imx500 import converter_precheck
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07not a protobuf at all")
+    with pytest.raises(InputError, match="broken.onnx"):
+        converter_precheck(path)

@@ -180,3 +180,23 @@ def test_non_finite_losses_fail_the_stage(tmp_path):
         results.summarize(rows)
     with pytest.raises(StageError, match="no results.csv"):
         results.read_results(tmp_path / "missing.csv")
+
+
+def test_ultralytics_keeps_the_torch_thread_count_on_cpu(tmp_path):
+    """Ultralytics' select_device pins torch to min(8, cpu_count - 1) threads on CPU: one thread on a 2-core
+    machine, which made YOLO training single-threaded there. After import_ultralytics it keeps the count the
+    process had (here one more than Ultralytics' rule gives, so the test cannot pass by coincidence)."""
+    threads = min(8, max(1, (os.cpu_count() or 1) - 1)) + 1
+    script = (
+        "import torch\n"
+        f"torch.set_num_threads({threads})\n"
+        "from idd_edge.yolo.offline import import_ultralytics\n"
+        "import_ultralytics()\n"
+        "from ultralytics.utils.torch_utils import select_device\n"
+        "select_device('cpu', verbose=False)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, YOLO_CONFIG_DIR=str(tmp_path / "ultralytics"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == str(threads)

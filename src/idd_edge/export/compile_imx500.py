@@ -10,7 +10,9 @@ scored on validation by the gate's evaluator (ONNX Runtime with MCT's custom-op 
 KB used of the 8 MB the sensor has for weights and feature maps.
 
 A model the converter refuses (unsupported layer, does not fit) is recorded by name with the converter's
-own error lines; one that converts but does not fit is recorded with `fits: false`. Nothing is dropped:
+own error lines; one whose exported graph holds a layer setting the converter is known to refuse (a Resize
+with `align_corners`, as in segmentation-models-pytorch's DeepLabV3+) is recorded with that reason before
+MCT spends 10-30 s quantizing it; one that converts but does not fit is recorded with `fits: false`. Nothing is dropped:
 `status.json` lists every exported model, the instance model (YOLO) with the reason it is not converted.
 
 The toolchain lives in its own locked environment (`tools/imx500/`, `make imx500-env` -> `.venv-imx500/`;
@@ -398,7 +400,7 @@ def _compile_from_params(params_path: str) -> int:
     calib_dir = Path(config.section(params, "calibrate.out", params_path))
     targets, evaluators, skipped = [], {}, {}
     for record in exports:
-        why_not = skip_reason(record)
+        why_not = skip_reason(record) or converter_precheck(Path(record["path"]))
         if why_not:
             skipped[record["name"]] = why_not
             continue
@@ -425,6 +427,38 @@ def skip_reason(record: Mapping[str, Any]) -> str | None:
         return ("not converted: YOLO26n-sem is an Ultralytics model; it needs Sony's own MCT recipe for them and "
                 "Ultralytics in the toolchain environment (tools/imx500/ has neither)")
     return None
+
+
+#: Resize coordinate modes imxconv-pt takes; its [INVOP] error for any other: "param:
+#: coordinate_transformation_mode, value: align_corners, reason: Supported values: ['half_pixel',
+#: 'pytorch_half_pixel']" (imx500-converter of tools/imx500/uv.lock).
+CONVERTER_RESIZE_MODES = ("half_pixel", "pytorch_half_pixel")
+
+
+def converter_precheck(onnx_path: Path) -> str | None:
+    """Why imxconv-pt will refuse the exported graph at `onnx_path`, found before MCT's quantization is spent
+    on it; None when this check finds nothing (the converter itself stays the judge of everything else).
+    MCT exports the layers of the same torch model, so their Resize settings are the exported ONNX's."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except (OSError, DecodeError) as error:
+        raise InputError(onnx_path, f"cannot read the exported ONNX: {error}") from error
+    refused = []
+    for node in graph.node:
+        if node.op_type != "Resize":
+            continue
+        mode = next((attr.s.decode() for attr in node.attribute if attr.name == "coordinate_transformation_mode"),
+                    "half_pixel")  # the ONNX default
+        if mode not in CONVERTER_RESIZE_MODES:
+            refused.append(f"{node.name or node.output[0]} ({mode})")
+    if not refused:
+        return None
+    return (f"not converted: {CONVERTER} takes Resize with coordinate_transformation_mode "
+            f"{' or '.join(CONVERTER_RESIZE_MODES)} only; the exported graph has {len(refused)} other: "
+            f"{', '.join(refused)} (checked on {onnx_path.name} before MCT)")
 
 
 def target_from_record(record: Mapping[str, Any]) -> Imx500Target:

@@ -13,6 +13,10 @@ before the first import:
   bundled DejaVu Sans there under the names it asks for (it only draws plot labels with it).
 * AMP: Ultralytics' fp16 check downloads a model; `amp.py` runs the same check on the model being
   trained and answers Ultralytics' with its result.
+* CPU threads: Ultralytics' `select_device` pins torch to `cpu_count - 1` threads on CPU (its
+  `NUM_THREADS`), i.e. ONE thread on a 2-core machine, which made YOLO training here single-threaded.
+  Its pin is set to the thread count torch has when Ultralytics is first imported (`OMP_NUM_THREADS` or
+  torch's default of one per core), as every other stage of the pipeline runs.
 
 `tests/test_yolo_train.py` proves it: a training run through the CLI with an audit hook that fails on
 any internet socket or DNS lookup.
@@ -61,13 +65,26 @@ def import_ultralytics(config_dir: str | os.PathLike | None = None) -> ModuleTyp
     elif os.environ.get("YOLO_OFFLINE") != "1":
         raise RuntimeError("ultralytics was imported before idd_edge.yolo.offline could configure it offline")
 
+    first_import = "ultralytics" not in sys.modules
+    threads = _torch_threads() if first_import else None
     import ultralytics
     from ultralytics.utils import SETTINGS
+
+    if threads is not None:
+        from ultralytics.utils import torch_utils
+
+        torch_utils.NUM_THREADS = threads
 
     stale = {key: value for key, value in DISABLED_SETTINGS.items() if key in SETTINGS and SETTINGS[key] != value}
     if stale:
         SETTINGS.update(stale)
     return ultralytics
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _provide_fonts(user_config_dir: Path) -> None:
