@@ -200,3 +200,29 @@ def test_ultralytics_keeps_the_torch_thread_count_on_cpu(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == str(threads)
+
+
+def test_a_configured_thread_count_survives_ultralytics_device_selection(tmp_path):
+    """`threads: 1` (YOLO26n-sem's setting: its 128-px tensors are too small to split) holds through
+    select_device, which the trainer and the validator both call."""
+    script = (
+        "import torch\n"
+        "from idd_edge.yolo.offline import import_ultralytics, set_cpu_threads\n"
+        "import_ultralytics()\n"
+        "set_cpu_threads(1)\n"
+        "from ultralytics.utils.torch_utils import select_device\n"
+        "select_device('cpu', verbose=False)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="2", YOLO_CONFIG_DIR=str(tmp_path / "ultralytics"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "1"
+
+
+def test_negative_threads_are_refused(tmp_path):
+    params = tmp_path / "params.yaml"
+    config.write_params(config.compose(["yolo.train.threads=-1"]), params)
+    node = config.section(config.load_params(params), "yolo.train", params)
+    with pytest.raises(InputError, match="threads"):
+        TrainSettings.from_params(node, params)

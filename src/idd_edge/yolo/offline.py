@@ -81,6 +81,20 @@ def import_ultralytics(config_dir: str | os.PathLike | None = None) -> ModuleTyp
     return ultralytics
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Train and validate on `threads` CPU threads (0: keep the process's count), also through Ultralytics'
+    `select_device`, which would otherwise reset it. Call after `import_ultralytics`."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if threads == 0:
+        return
+    import torch
+    from ultralytics.utils import torch_utils
+
+    torch.set_num_threads(threads)
+    torch_utils.NUM_THREADS = threads
+
+
 def _torch_threads() -> int:
     import torch
 

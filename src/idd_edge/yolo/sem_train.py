@@ -28,7 +28,7 @@ from typing import Any
 from idd_edge import atomic, config
 from idd_edge.errors import InputError, StageError
 from idd_edge.yolo import results
-from idd_edge.yolo.offline import import_ultralytics
+from idd_edge.yolo.offline import import_ultralytics, set_cpu_threads
 from idd_edge.yolo.resume import prepare_staging, run_fingerprint, state_file
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class SemTrainSettings:
     imgsz: int
     batch: int
     workers: int
+    threads: int  # CPU threads for torch; 0: the process's count (torch's default: one per core)
     device: str
     plots: bool
     seed: int
@@ -70,6 +71,8 @@ class SemTrainSettings:
             raise InputError(source, f"yolo.semantic.train has a value of the wrong type: {exc}") from None
         if settings.imgsz % 32:
             raise InputError(source, f"yolo.semantic.train.imgsz must be a multiple of 32, got {settings.imgsz}")
+        if settings.threads < 0:
+            raise InputError(source, f"yolo.semantic.train.threads must be >= 0 (0: torch's default), got {settings.threads}")
         if not 0.0 <= settings.cls_pw <= 1.0:
             raise InputError(source, f"yolo.semantic.train.cls_pw must be in 0-1 (Ultralytics' range), got {settings.cls_pw}")
         return settings
@@ -83,6 +86,7 @@ def train(dataset: Path, run_dir: Path, settings: SemTrainSettings, level: str, 
     if not data_yaml.is_file():
         raise InputError(data_yaml, "not found; run `idd-edge yolo-sem-bridge` first")
     import_ultralytics()
+    set_cpu_threads(settings.threads)
     import yaml
     from ultralytics.models.yolo.semantic import SemanticSegmentationTrainer
 

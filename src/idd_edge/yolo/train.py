@@ -23,7 +23,7 @@ from idd_edge import atomic, config
 from idd_edge.errors import InputError
 from idd_edge.yolo import results
 from idd_edge.yolo.amp import AMP_CHOICES, answered_amp_check, resolve_amp
-from idd_edge.yolo.offline import import_ultralytics
+from idd_edge.yolo.offline import import_ultralytics, set_cpu_threads
 from idd_edge.yolo.resume import prepare_staging, run_fingerprint, state_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class TrainSettings:
     imgsz: int
     batch: int
     workers: int
+    threads: int  # CPU threads for torch; 0: the process's count (torch's default: one per core)
     device: str
     patience: int
     amp: bool | str
@@ -59,7 +60,7 @@ class TrainSettings:
             settings = cls(
                 model=str(node["model"]), pretrained=Path(node["pretrained"]), epochs=int(node["epochs"]),
                 imgsz=int(node["imgsz"]), batch=int(node["batch"]), workers=int(node["workers"]),
-                device=str(node["device"]), patience=int(node["patience"]), amp=node["amp"],
+                threads=int(node["threads"]), device=str(node["device"]), patience=int(node["patience"]), amp=node["amp"],
                 cache=node["cache"], plots=bool(node["plots"]), seed=int(node["seed"]),
                 optimizer=str(node["optimizer"]), lr0=float(node["lr0"]), nbs=int(node["nbs"]),
                 warmup_epochs=float(node["warmup_epochs"]), close_mosaic=int(node["close_mosaic"]),
@@ -78,6 +79,8 @@ class TrainSettings:
             raise InputError(
                 source, f"yolo.train.imgsz must be a multiple of 32 (the largest stride), got {settings.imgsz}"
             )
+        if settings.threads < 0:
+            raise InputError(source, f"yolo.train.threads must be >= 0 (0: torch's default), got {settings.threads}")
         return settings
 
 
@@ -110,6 +113,7 @@ def train(dataset: Path, out: Path, settings: TrainSettings,
     if not data_yaml.is_file():
         raise InputError(data_yaml, "not found; run `idd-edge yolo-bridge` first")
     import_ultralytics()
+    set_cpu_threads(settings.threads)
     import yaml
     from ultralytics import YOLO
 
