@@ -88,7 +88,7 @@ def test_ultralytics_gets_the_answer_instead_of_running_its_check():
 
 def _settings(amp):
     return {"model": "yolov8n-seg.yaml", "pretrained": "none.pt", "epochs": 1, "imgsz": 64, "batch": 2, "workers": 0,
-            "device": "cpu", "patience": 1, "amp": amp, "cache": False, "plots": False, "seed": 0,
+            "threads": 0, "device": "cpu", "patience": 1, "amp": amp, "cache": False, "plots": False, "seed": 0,
             "optimizer": "AdamW", "lr0": 0.001, "nbs": 2, "warmup_epochs": 0.0, "close_mosaic": 0, "val": True}
 
 
