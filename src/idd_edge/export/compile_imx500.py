@@ -12,8 +12,8 @@ KB used of the 8 MB the sensor has for weights and feature maps.
 A model the converter refuses (unsupported layer, does not fit) is recorded by name with the converter's
 own error lines; one whose exported graph holds a layer setting the converter is known to refuse (a Resize
 with `align_corners`, as in segmentation-models-pytorch's DeepLabV3+) is recorded with that reason before
-MCT spends 10-30 s quantizing it; one that converts but does not fit is recorded with `fits: false`. Nothing is dropped:
-`status.json` lists every exported model, the instance model (YOLO) with the reason it is not converted.
+MCT spends 10-30 s quantizing it; one that converts but does not fit is recorded with `fits: false`.
+Nothing is dropped: `status.json` lists every exported model, the instance model (YOLO) with the reason it is not converted.
 
 The toolchain lives in its own locked environment (`tools/imx500/`, `make imx500-env` -> `.venv-imx500/`;
 `IDD_EDGE_IMX500_ENV` names another), because it pins torch and onnx versions the main lock cannot hold.

@@ -55,7 +55,8 @@ def import_ultralytics(config_dir: str | os.PathLike | None = None) -> ModuleTyp
 
     Must run before anything else imports Ultralytics: its network probe and settings happen at import.
     """
-    if "ultralytics" not in sys.modules:
+    first_import = "ultralytics" not in sys.modules
+    if first_import:
         root = Path(config_dir or os.environ.get("YOLO_CONFIG_DIR") or DEFAULT_CONFIG_DIR).resolve()
         os.environ["YOLO_CONFIG_DIR"] = str(root)
         os.environ["YOLO_OFFLINE"] = "1"
@@ -65,15 +66,13 @@ def import_ultralytics(config_dir: str | os.PathLike | None = None) -> ModuleTyp
     elif os.environ.get("YOLO_OFFLINE") != "1":
         raise RuntimeError("ultralytics was imported before idd_edge.yolo.offline could configure it offline")
 
-    first_import = "ultralytics" not in sys.modules
-    threads = _torch_threads() if first_import else None
     import ultralytics
     from ultralytics.utils import SETTINGS
 
-    if threads is not None:
-        from ultralytics.utils import torch_utils
+    if first_import:  # importing Ultralytics leaves torch's count alone; only its select_device resets it
+        import torch
 
-        torch_utils.NUM_THREADS = threads
+        _pin_ultralytics_threads(torch.get_num_threads())
 
     stale = {key: value for key, value in DISABLED_SETTINGS.items() if key in SETTINGS and SETTINGS[key] != value}
     if stale:
@@ -89,16 +88,16 @@ def set_cpu_threads(threads: int) -> None:
     if threads == 0:
         return
     import torch
-    from ultralytics.utils import torch_utils
 
     torch.set_num_threads(threads)
+    _pin_ultralytics_threads(threads)
+
+
+def _pin_ultralytics_threads(threads: int) -> None:
+    """The count Ultralytics' `select_device` sets torch to on CPU (its own rule: cpu_count - 1)."""
+    from ultralytics.utils import torch_utils
+
     torch_utils.NUM_THREADS = threads
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _provide_fonts(user_config_dir: Path) -> None:

@@ -72,7 +72,9 @@ class SemTrainSettings:
         if settings.imgsz % 32:
             raise InputError(source, f"yolo.semantic.train.imgsz must be a multiple of 32, got {settings.imgsz}")
         if settings.threads < 0:
-            raise InputError(source, f"yolo.semantic.train.threads must be >= 0 (0: torch's default), got {settings.threads}")
+            raise InputError(
+                source, f"yolo.semantic.train.threads must be >= 0 (0: torch's default), got {settings.threads}"
+            )
         if not 0.0 <= settings.cls_pw <= 1.0:
             raise InputError(source, f"yolo.semantic.train.cls_pw must be in 0-1 (Ultralytics' range), got {settings.cls_pw}")
         return settings

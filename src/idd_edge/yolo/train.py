@@ -60,8 +60,8 @@ class TrainSettings:
             settings = cls(
                 model=str(node["model"]), pretrained=Path(node["pretrained"]), epochs=int(node["epochs"]),
                 imgsz=int(node["imgsz"]), batch=int(node["batch"]), workers=int(node["workers"]),
-                threads=int(node["threads"]), device=str(node["device"]), patience=int(node["patience"]), amp=node["amp"],
-                cache=node["cache"], plots=bool(node["plots"]), seed=int(node["seed"]),
+                threads=int(node["threads"]), device=str(node["device"]), patience=int(node["patience"]),
+                amp=node["amp"], cache=node["cache"], plots=bool(node["plots"]), seed=int(node["seed"]),
                 optimizer=str(node["optimizer"]), lr0=float(node["lr0"]), nbs=int(node["nbs"]),
                 warmup_epochs=float(node["warmup_epochs"]), close_mosaic=int(node["close_mosaic"]),
                 val=bool(node["val"]),
