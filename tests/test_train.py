@@ -238,11 +238,28 @@ def test_resume_only_an_unfinished_run_with_the_same_settings(tmp_path):
 
 def test_fingerprint_follows_what_defines_the_run_not_where_it_runs(band_split, tmp_path):
     base = seg_train.job_from_params(shrunk_params(band_split, tmp_path), "baseline", "mnv4s_lraspp", "test")
-    moved = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "train.engine.devices=2"),
+    moved = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "train.engine.devices=2",
+                                                    "train.engine.threads=2"),
                                       "baseline", "mnv4s_lraspp", "test")
     changed = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "train.baseline.lr=0.1"),
                                         "baseline", "mnv4s_lraspp", "test")
     assert base.fingerprint() == moved.fingerprint() != changed.fingerprint()
+
+
+class ThreadProbe(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.threads = torch.get_num_threads()
+
+
+def test_engine_threads_fix_torch_threads_for_the_run(band_split, tmp_path):
+    """`idd-edge repro` gives a stage cores/jobs threads; `train.engine.threads` overrides what it inherits."""
+    probe = ThreadProbe()
+    params = shrunk_params(band_split, tmp_path, "train.engine.threads=2", "train.baseline.epochs=1")
+    assert torch.get_num_threads() == 1  # the module's fixture
+    seg_train.train(seg_train.job_from_params(params, "baseline", "mnv4s_lraspp", "test"), [probe])
+    assert probe.threads == 2
+    with pytest.raises(ValueError, match="engine.threads must be >= 0"):
+        seg_train.EngineConfig.from_params({"threads": -1})
 
 
 def test_kd_refuses_a_teacher_of_another_label_level(band_split, tmp_path):

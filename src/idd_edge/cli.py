@@ -18,6 +18,7 @@ from idd_edge.errors import InputError, StageError
 # Order = pipeline order, as `idd-edge --help` lists them.
 STAGE_MODULES: tuple[str, ...] = (
     "idd_edge.params_cli",
+    "idd_edge.repro",
     "idd_edge.data.synth",
     "idd_edge.data.convert",
     "idd_edge.data.split",

@@ -9,16 +9,25 @@ import numpy as np
 
 
 def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None):
-    """A CPU ONNX Runtime session for a model path or serialized bytes (`threads` None = ORT default)."""
+    """A CPU ONNX Runtime session for a model path or serialized bytes (`threads` None: OMP_NUM_THREADS
+    where set, else ORT's default of one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    threads = threads or env_threads()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
     source = model if isinstance(model, bytes) else str(Path(model))
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def env_threads() -> int | None:
+    """OMP_NUM_THREADS as a count, or None. ONNX Runtime ignores it, but `idd-edge repro` sets it for stages
+    that share the cores, and ORT's own pool of one spinning thread per core would fight the other stage."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def run_single(session, batch: np.ndarray) -> np.ndarray:

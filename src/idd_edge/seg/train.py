@@ -52,12 +52,15 @@ class EngineConfig:
     channels_last: bool = True
     sync_batchnorm: bool = True  # BatchNorm statistics over all GPUs under DDP (ignored on CPU)
     progress_bar: bool = True
+    threads: int = 0  # torch CPU threads; 0: the process's count (OMP_NUM_THREADS, else one per core)
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> EngineConfig:
         engine = cls(**cfg)
         if engine.precision not in PRECISIONS:
             raise ValueError(f"engine.precision {engine.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if engine.threads < 0:
+            raise ValueError(f"engine.threads must be >= 0, got {engine.threads}")
         return engine
 
     def resolved(self) -> tuple[str, str]:
@@ -251,6 +254,10 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
     from idd_edge.seg.trained import save_trained
 
     started, started_cpu = time.monotonic(), time.process_time()
+    if job.engine.threads:
+        # torch's CPU sums depend on how many threads split them: a fixed count trains the same model
+        # whether the stage runs alone (`dvc repro`) or beside another (`idd-edge repro`).
+        torch.set_num_threads(job.engine.threads)
     run_dir, ckpt_dir = job.run_dir, job.run_dir / "checkpoints"
     fingerprint = job.fingerprint()
     resume_from = resume_checkpoint(ckpt_dir, fingerprint)

@@ -110,13 +110,14 @@ def check_parity(torch_model, onnx_bytes: bytes, imgsz: int, seed: int = 0) -> d
     The test frame is smooth noise (blurred), not flat grey, so every head produces varied values.
     """
     import cv2
-    import onnxruntime as ort
     import torch
+
+    from idd_edge.export.onnx_io import onnx_session
 
     rng = np.random.default_rng(seed)
     frame = cv2.GaussianBlur(rng.integers(0, 256, (imgsz, imgsz, 3), dtype=np.uint8), (0, 0), 3)
     tensor = (frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_bytes)
     values = session.run(None, {session.get_inputs()[0].name: tensor})
     onnx_outputs = dict(zip((o.name for o in session.get_outputs()), values))
     model = torch_model.float().eval()
