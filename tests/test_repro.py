@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idd_edge.repro import StagePlan, StageRun, run_plan, stage_env, tail
+from idd_edge.repro import StagePlan, StageRun, last_line, run_plan, stage_env, tail
 
 BIN = Path(sys.executable).parent
 
@@ -130,11 +130,14 @@ def test_stage_env_splits_the_cores_unless_the_user_set_threads():
     assert stage_env(jobs=2, cores=8, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
 
 
-def test_tail_keeps_the_last_lines_of_progress_bar_output(tmp_path):
+def test_tail_and_last_line_read_progress_bar_output(tmp_path):
     log = tmp_path / "stage.log"
     log.write_text("a\n" + "bar 1%\rbar 50%\rbar 100%\n" + "\n".join(f"line {i}" for i in range(50)) + "\n")
     assert tail(log, 3).splitlines() == ["line 47", "line 48", "line 49"]
     assert tail(tmp_path / "missing.log") == ""
+    assert last_line(log) == "line 49"
+    log.write_text("Epoch 3/40\r 10%|#    |\r 55%|#####|" + "x" * 200)
+    assert last_line(log, limit=20) == "55%|#####|xxxxxxx..."
 
 
 # A stage writes its start/end times and the thread count it was given; `slow` stages sleep long enough

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from idd_edge.errors import InputError
 
 DEFAULT_LOG_DIR = Path("artifacts/logs/repro")
 TAIL_LINES = 40
+HEARTBEAT_SECONDS = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,7 @@ def run_plan(
     jobs: int,
     keep_going: bool = False,
     on_change: Callable[[str, StageRun], None] = lambda event, run: None,
+    on_wait: Callable[[], None] = lambda: None,
     poll_seconds: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[StageRun]:
@@ -115,7 +118,8 @@ def run_plan(
 
     `start(stage)` launches a stage and returns something to `poll()` for its exit code. After a failure
     no new stage starts unless `keep_going`, which runs everything not downstream of a failed stage; the
-    stages already running always finish (they are committed by DVC, as in `dvc repro`).
+    stages already running always finish (they are committed by DVC, as in `dvc repro`). `on_change` hears
+    of every start and end, `on_wait` is called while stages run (progress reports).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -146,6 +150,7 @@ def run_plan(
         if not running:
             break  # stopped after a failure, or nothing left that can start
         time.sleep(poll_seconds)
+        on_wait()
         for name, job in list(running.items()):
             code = job.poll()
             if code is None:
@@ -198,6 +203,18 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
+def last_line(path: Path, limit: int = 110) -> str:
+    """The last non-empty line of a log (a progress bar's latest state), shortened."""
+    if not path.is_file():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        text = handle.read().decode("utf-8", errors="replace").replace("\r", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def timings_record(runs: Sequence[StageRun], jobs: int, threads: str, wall: float) -> dict:
     """What `--log-dir`/timings.json keeps: per-stage wall seconds and start offsets, for time tables."""
     first = min((run.started for run in runs if run.started is not None), default=0.0)
@@ -231,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from idd_edge import atomic
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     root = Path.cwd()
     plan = load_plan(root, args.targets)
     cores = len(os.sched_getaffinity(0))
@@ -272,19 +289,35 @@ def _run(args: argparse.Namespace) -> int:
             console.print(f"{stamp} {'done' if run.status == 'ran' else 'ok'}   {run.stage} "
                           f"({run.status}, {run.seconds:.0f} s) {progress}")
 
+    last_report = time.monotonic()
+
+    def on_wait() -> None:  # every minute: what runs, for how long, and the last line it printed
+        nonlocal last_report
+        if time.monotonic() - last_report < HEARTBEAT_SECONDS:
+            return
+        last_report = time.monotonic()
+        for stage, (process, _) in handles.items():
+            if process.poll() is None:
+                console.print(f"{time.strftime('%H:%M:%S')} ...    {stage}: "
+                              f"{last_line(log_path(args.log_dir, stage))}", markup=False)
+
     threads = env["OMP_NUM_THREADS"]
     console.print(f"idd-edge repro: {len(plan.order)} stages, {args.jobs} at a time, {threads} thread(s) each; "
                   f"logs in {args.log_dir}/")
     began = time.monotonic()
     try:
-        runs = run_plan(plan, start, args.jobs, args.keep_going, on_change)
+        runs = run_plan(plan, start, args.jobs, args.keep_going, on_change, on_wait)
     except KeyboardInterrupt:
-        for process, _ in handles.values():  # DVC stops its stage and commits nothing on SIGINT
-            if process.poll() is None:
-                process.send_signal(2)
+        # A terminal's Ctrl-C reaches the stage processes too; a SIGINT sent to this process alone does
+        # not, so pass it on. DVC stops its stage's command and commits nothing of it.
         for process, _ in handles.values():
-            process.wait()
-        raise
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGINT)
+                process.wait()
+        console.print("idd-edge repro: interrupted; finished stages are committed, re-run to go on")
+        return 130
     wall = time.monotonic() - began
     atomic.write_json(args.log_dir / "timings.json", timings_record(runs, args.jobs, threads, wall))
     failed = [run.stage for run in runs if run.status == "failed"]
