@@ -124,7 +124,7 @@ def test_jobs_must_be_positive():
 
 def test_stage_env_splits_the_cores_unless_the_user_set_threads():
     env = stage_env(jobs=2, cores=8, base={"PATH": "/usr/bin"})
-    assert env["OMP_NUM_THREADS"] == "4" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["OMP_NUM_THREADS"] == "4" and env["OMP_WAIT_POLICY"] == "PASSIVE" and env["PYTHONUNBUFFERED"] == "1"
     assert env["PATH"].split(os.pathsep) == [str(BIN), "/usr/bin"]
     assert stage_env(jobs=4, cores=2, base={})["OMP_NUM_THREADS"] == "1"
     assert stage_env(jobs=2, cores=8, base={"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"

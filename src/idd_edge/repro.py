@@ -170,11 +170,13 @@ def run_plan(
 
 def stage_env(jobs: int, cores: int, base: Mapping[str, str]) -> dict[str, str]:
     """The environment of each stage process: `cores / jobs` threads unless the user set OMP_NUM_THREADS,
-    passive OpenMP waiting (spinning threads of processes that share cores slow each other down), and this
-    interpreter's bin/ first on PATH so the stages' `idd-edge` is the one running this."""
+    passive OpenMP waiting (spinning threads of processes that share cores slow each other down), unbuffered
+    Python output, and this interpreter's bin/ first on PATH so the stages' `idd-edge` is the one running
+    this."""
     env = dict(base)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("PYTHONUNBUFFERED", "1")  # stdout is a log file: progress bars must reach it as they go
     bin_dir = str(Path(sys.executable).parent)
     if env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         env["PATH"] = os.pathsep.join(filter(None, [bin_dir, env.get("PATH")]))
