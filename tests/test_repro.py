@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idd_edge.repro import StagePlan, StageRun, last_line, run_plan, stage_env, tail
+from idd_edge.errors import InputError
+from idd_edge.repro import (StagePlan, StageRun, last_line, read_durations, run_plan, stage_env, tail,
+                              updated_durations)
 
 BIN = Path(sys.executable).parent
 
@@ -49,7 +51,8 @@ GRAPH = {"prep": set(), "baseline": {"prep"}, "teacher": {"prep"}, "kd": {"teach
 
 
 def _simulate(plan: StagePlan, polls: dict[str, int], jobs: int, codes: dict[str, int] | None = None,
-              keep_going: bool = False) -> tuple[list[StageRun], list[tuple[str, str, set[str]]]]:
+              keep_going: bool = False, expected: dict[str, float] | None = None
+              ) -> tuple[list[StageRun], list[tuple[str, str, set[str]]]]:
     """Run the plan with fake jobs; events record (event, stage, stages running at that moment)."""
     running: set[str] = set()
     events: list[tuple[str, str, set[str]]] = []
@@ -64,7 +67,8 @@ def _simulate(plan: StagePlan, polls: dict[str, int], jobs: int, codes: dict[str
         events.append((event, run.stage, set(running)))
 
     ticks = iter(range(10_000))
-    runs = run_plan(plan, start, jobs, keep_going, on_change, poll_seconds=0, clock=lambda: float(next(ticks)))
+    runs = run_plan(plan, start, jobs, keep_going, on_change, expected_seconds=expected, poll_seconds=0,
+                    clock=lambda: float(next(ticks)))
     return runs, events
 
 
@@ -90,6 +94,34 @@ def test_stages_start_after_their_upstream_and_never_more_than_jobs_at_once():
     # the teacher did not run alone: yolo started beside it
     assert any(stage == "yolo" and running == {"teacher", "yolo"} for event, stage, running in events
                if event == "started")
+
+
+def test_critical_path_adds_the_longest_chain_below_each_stage():
+    path = _plan(GRAPH).critical_path({"teacher": 100, "kd": 20, "yolo": 50}, unknown=1)
+    assert path == {"report": 1, "kd": 21, "teacher": 121, "yolo": 51, "baseline": 1, "prep": 122}
+
+
+def test_measured_times_start_the_longest_chain_first():
+    # By stage counts the teacher (2 below it) goes before the yolo (1); measured, yolo's chain is longer.
+    plan = _plan(GRAPH)
+    polls = {"prep": 1, "baseline": 1, "teacher": 2, "kd": 1, "yolo": 9, "report": 1}
+    _, by_count = _simulate(plan, polls, jobs=1)
+    _, by_time = _simulate(plan, polls, jobs=1, expected={"teacher": 2, "kd": 1, "yolo": 9})
+    started = lambda events: [stage for event, stage, _ in events if event == "started"]  # noqa: E731
+    assert started(by_count)[1] == "teacher" and started(by_time)[1] == "yolo"
+
+
+def test_durations_file_round_trip_keeps_only_stages_that_ran(tmp_path):
+    path = tmp_path / "stage_seconds.json"
+    assert read_durations(path) == {}
+    runs = [StageRun("a", "ran", 0.0, 12.34), StageRun("b", "up to date", 0.0, 1.5), StageRun("c", "failed", 0.0, 3)]
+    merged = updated_durations({"b": 40.0, "old": 5.0}, runs)
+    assert merged == {"a": 12.3, "b": 40.0, "old": 5.0}
+    path.write_text(json.dumps(merged))
+    assert read_durations(path) == merged
+    path.write_text(json.dumps({"a": "slow"}))
+    with pytest.raises(InputError, match="stage_seconds.json: expected a JSON object"):
+        read_durations(path)
 
 
 def test_one_job_is_dvc_order_one_at_a_time():
@@ -192,8 +224,11 @@ def test_real_dvc_runs_independent_stages_side_by_side_and_writes_the_same_lock(
     assert "up to date" in status.stdout, status.stdout
     timings = json.loads((project / "artifacts/logs/repro/timings.json").read_text())
     assert {row["stage"]: row["status"] for row in timings["stages"]} == dict.fromkeys(lock["stages"], "ran")
+    seconds = json.loads((project / "artifacts/reports/stage_seconds.json").read_text())
+    assert set(seconds) == set(lock["stages"]) and seconds["left"] >= 4
     again = _repro(project)
     assert again.returncode == 0 and "0 ran, 4 up to date" in again.stderr, again.stderr
+    assert json.loads((project / "artifacts/reports/stage_seconds.json").read_text()) == seconds
 
 
 @pytest.mark.slow

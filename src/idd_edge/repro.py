@@ -16,9 +16,12 @@ exactly as in `dvc repro`, and writes the same dvc.lock entry. What a stage comp
 it was scheduled where its settings pin the thread count (training: `train.engine.threads`,
 `yolo.*.train.threads`).
 
-Among the stages that are ready, the one with the most stages downstream of it starts first (the teacher
-before the baselines), so the longest chain is not left for last. Every stage's output goes to its own log
-(`--log-dir`); the terminal shows which stages run, and a failed stage's last lines.
+Among the stages that are ready, the one heading the longest chain of work starts first: critical-path
+scheduling with each stage's seconds from its last run (`--durations`, committed with the baseline run so
+that a fresh clone has them; 10 s for a stage never timed), then the number of stages downstream. On the
+default pipeline that starts the teacher before YOLOv8n-seg and the slowest KD student first, and leaves the
+baselines to fill the gaps. Every stage's output goes to its own log (`--log-dir`); the terminal shows which
+stages run, a line a minute about each, and a failed stage's last lines.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from idd_edge.errors import InputError
 DEFAULT_LOG_DIR = Path("artifacts/logs/repro")
 TAIL_LINES = 40
 HEARTBEAT_SECONDS = 60
+DEFAULT_DURATIONS = Path("artifacts/reports/stage_seconds.json")
+UNKNOWN_STAGE_SECONDS = 10.0  # a stage never timed here: most stages take seconds, the few long ones are known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +53,28 @@ class StagePlan:
     order: tuple[str, ...]
     upstream: Mapping[str, frozenset[str]]
 
-    def downstream_counts(self) -> dict[str, int]:
-        """How many stages depend on each stage, directly or not: the scheduling priority."""
+    def dependents(self) -> dict[str, set[str]]:
+        """The stages that depend directly on each stage."""
         below: dict[str, set[str]] = {name: set() for name in self.order}
         for name in self.order:
             for parent in self.upstream[name]:
                 below[parent].add(name)
+        return below
+
+    def downstream_counts(self) -> dict[str, int]:
+        """How many stages depend on each stage, directly or not."""
+        below = self.dependents()
         return {name: len(_descendants(name, below)) for name in self.order}
+
+    def critical_path(self, seconds: Mapping[str, float], unknown: float) -> dict[str, float]:
+        """Per stage: its expected seconds plus those of the longest chain of stages that wait for it (a
+        stage without a measured time counts `unknown`). Starting the stage with the longest such path first
+        keeps the pipeline's critical path moving: the teacher before YOLO, the slowest KD student first."""
+        below = self.dependents()
+        path: dict[str, float] = {}
+        for name in reversed(self.order):  # DVC's order lists a stage after everything it depends on
+            path[name] = seconds.get(name, unknown) + max((path[child] for child in below[name]), default=0.0)
+        return path
 
 
 def _descendants(name: str, below: Mapping[str, set[str]]) -> set[str]:
@@ -111,19 +131,23 @@ def run_plan(
     keep_going: bool = False,
     on_change: Callable[[str, StageRun], None] = lambda event, run: None,
     on_wait: Callable[[], None] = lambda: None,
+    expected_seconds: Mapping[str, float] | None = None,
     poll_seconds: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[StageRun]:
     """Run every stage of `plan` once all of its upstream stages succeeded, at most `jobs` at a time.
 
-    `start(stage)` launches a stage and returns something to `poll()` for its exit code. After a failure
+    `start(stage)` launches a stage and returns something to `poll()` for its exit code. Of the stages that
+    can start, the one with the longest critical path (`expected_seconds` of earlier runs, see
+    `StagePlan.critical_path`) goes first, then the one with more stages downstream. After a failure
     no new stage starts unless `keep_going`, which runs everything not downstream of a failed stage; the
     stages already running always finish (they are committed by DVC, as in `dvc repro`). `on_change` hears
     of every start and end, `on_wait` is called while stages run (progress reports).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    priority = plan.downstream_counts()
+    path = plan.critical_path(expected_seconds or {}, UNKNOWN_STAGE_SECONDS)
+    counts = plan.downstream_counts()
     position = {name: index for index, name in enumerate(plan.order)}
     runs = {name: StageRun(name) for name in plan.order}
     pending = list(plan.order)
@@ -141,7 +165,7 @@ def run_plan(
             ready = [name for name in pending if plan.upstream[name] <= succeeded]
             if not ready:
                 break
-            name = max(ready, key=lambda stage: (priority[stage], -position[stage]))
+            name = max(ready, key=lambda stage: (path[stage], counts[stage], -position[stage]))
             pending.remove(name)
             runs[name].started = clock()
             running[name] = start(name)
@@ -233,6 +257,26 @@ def timings_record(runs: Sequence[StageRun], jobs: int, threads: str, wall: floa
     }
 
 
+def read_durations(path: Path) -> dict[str, float]:
+    """Expected seconds per stage from an earlier run's `stage_seconds.json` ({} when there is none)."""
+    from idd_edge.jsonfile import read_json_if_present
+
+    data = read_json_if_present(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in data.values()):
+        raise InputError(path, "expected a JSON object of stage name -> seconds (>= 0)")
+    return {str(name): float(seconds) for name, seconds in data.items()}
+
+
+def updated_durations(previous: Mapping[str, float], runs: Sequence[StageRun]) -> dict[str, float]:
+    """`previous` with the wall seconds of the stages that ran this time (an up-to-date stage's second of
+    checking says nothing about its cost)."""
+    merged = dict(previous)
+    merged.update({run.stage: round(run.seconds, 1) for run in runs if run.status == "ran" and run.seconds})
+    return dict(sorted(merged.items()))
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "repro", help="dvc repro with independent stages side by side (--jobs), one log per stage")
@@ -242,6 +286,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failure, still run the stages that do not depend on it")
     parser.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR, help="one <stage>.log per stage")
+    parser.add_argument("--durations", type=Path, default=DEFAULT_DURATIONS,
+                        help="each stage's seconds when it last ran: read to start the longest chains first, "
+                             "updated afterwards (committed with the baseline run, so a fresh clone has it)")
     parser.set_defaults(handler=_run)
 
 
@@ -253,6 +300,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     root = Path.cwd()
     plan = load_plan(root, args.targets)
+    durations = read_durations(args.durations)
     cores = len(os.sched_getaffinity(0))
     env = stage_env(args.jobs, cores, os.environ)
     args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -308,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"logs in {args.log_dir}/")
     began = time.monotonic()
     try:
-        runs = run_plan(plan, start, args.jobs, args.keep_going, on_change, on_wait)
+        runs = run_plan(plan, start, args.jobs, args.keep_going, on_change, on_wait, durations)
     except KeyboardInterrupt:
         # A terminal's Ctrl-C reaches the stage processes too; a SIGINT sent to this process alone does
         # not, so pass it on. DVC stops its stage's command and commits nothing of it.
@@ -322,6 +370,8 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     wall = time.monotonic() - began
     atomic.write_json(args.log_dir / "timings.json", timings_record(runs, args.jobs, threads, wall))
+    if any(run.status == "ran" for run in runs):
+        atomic.write_json(args.durations, updated_durations(durations, runs))
     failed = [run.stage for run in runs if run.status == "failed"]
     not_run = [run.stage for run in runs if run.status in ("skipped", "not run")]
     ran = sum(run.status == "ran" for run in runs)
