@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from idd_edge import atomic
+
+log = logging.getLogger(__name__)
 
 #: history record key -> DVCLive metric name
 METRICS = {
@@ -43,9 +47,10 @@ def drop_rows_from_step(plots_dir: Path, first_dropped: int) -> None:
 class EpochLog:
     """Logs history records (see `SegmentationTask`) to DVCLive; created on global rank zero only."""
 
-    def __init__(self, live_dir: Path, resume: bool):
+    def __init__(self, live_dir: Path, resume: bool, run: str = "", epochs: int | None = None):
         self.live_dir = Path(live_dir)
         self.resume = resume
+        self.run, self.epochs = run or self.live_dir.parent.name, epochs
         self._live: Any = None
 
     def __call__(self, record: dict[str, Any]) -> None:
@@ -61,6 +66,9 @@ class EpochLog:
             if record.get(key) is not None:
                 self._live.log_metric(name, float(record[key]))
         self._live.make_summary()
+        if not sys.stderr.isatty():  # a terminal has Lightning's progress bar; a log file (idd-edge repro) has this
+            log.info("%s: epoch %d/%s train loss %.4f, val mIoU %.2f%%", self.run, record["epoch"],
+                     self.epochs or "?", record["train_total"], 100 * record["val_miou"])
 
     def end(self) -> None:
         if self._live is not None:

@@ -284,7 +284,7 @@ def train(job: TrainJob, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any] 
 
     model = build_model(job.model_cfg, len(class_names), job.image_size)
     optim = OptimConfig(lr=job.schedule.lr, weight_decay=job.schedule.weight_decay, **job.optim)
-    epoch_log = EpochLog(run_dir / "dvclive", resume=resume_from is not None)
+    epoch_log = EpochLog(run_dir / "dvclive", resume=resume_from is not None, run=job.run, epochs=job.schedule.epochs)
     task = SegmentationTask(model, class_names, optim, teacher, kd, job.engine.channels_last, epoch_log,
                             training_class_weights(job, train_set))
 
