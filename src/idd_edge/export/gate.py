@@ -375,7 +375,8 @@ def imx500_evaluation(compile_json: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"{compile_json} not found (run `idd-edge compile-imx500`)"
     if compiled.get("evaluation"):
         return compiled["evaluation"], ""
-    return None, f"no IMX500 score: {compiled.get('reason') or 'no evaluation recorded'}"
+    # The report already says "IMX500 ...: not evaluated (<reason>)": the reason alone, not a second prefix.
+    return None, compiled.get("reason") or f"{compile_json.name} records no evaluation"
 
 
 def _gate_instance(record: Mapping[str, Any], weights: Path, data_yaml: Path, quant_dir: Path, hailo_dir: Path,
