@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from idd_edge.errors import InputError
-from idd_edge.repro import (StagePlan, StageRun, last_line, read_durations, run_plan, stage_env, tail,
-                              updated_durations)
+from idd_edge.repro import (StagePlan, StageRun, default_jobs, last_line, read_durations, run_plan, stage_env,
+                              tail, updated_durations)
 
 BIN = Path(sys.executable).parent
 
@@ -152,6 +152,12 @@ def test_keep_going_runs_everything_not_downstream_of_the_failure():
 def test_jobs_must_be_positive():
     with pytest.raises(ValueError, match="jobs"):
         run_plan(_plan(GRAPH), lambda name: FakeJob(1), 0)
+
+
+def test_default_jobs_one_per_core_but_one_at_a_time_on_a_gpu():
+    assert default_jobs(cores=2, gpus=0) == 2
+    assert default_jobs(cores=16, gpus=1) == 1
+    assert default_jobs(cores=0, gpus=0) == 1
 
 
 def test_stage_env_splits_the_cores_unless_the_user_set_threads():

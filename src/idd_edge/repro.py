@@ -192,6 +192,12 @@ def run_plan(
     return [runs[name] for name in plan.order]
 
 
+def default_jobs(cores: int, gpus: int) -> int:
+    """One stage per core on a CPU machine. With a GPU, one at a time: side by side, the training stages would
+    share the device (two full-scale trainings do not fit in one GPU's memory) and the data-loading workers."""
+    return 1 if gpus else max(1, cores)
+
+
 def stage_env(jobs: int, cores: int, base: Mapping[str, str]) -> dict[str, str]:
     """The environment of each stage process: `cores / jobs` threads unless the user set OMP_NUM_THREADS,
     passive OpenMP waiting (spinning threads of processes that share cores slow each other down), unbuffered
@@ -281,8 +287,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "repro", help="dvc repro with independent stages side by side (--jobs), one log per stage")
     parser.add_argument("targets", nargs="*", help="stages or dvc.yaml files (default: the whole pipeline)")
-    parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)),
-                        help="stages at a time (default: one per core); each gets cores/jobs threads")
+    parser.add_argument("-j", "--jobs", type=int, default=None,
+                        help="stages at a time (default: one per core, or 1 where a CUDA GPU is visible); each "
+                             "gets cores/jobs threads")
     parser.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failure, still run the stages that do not depend on it")
     parser.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR, help="one <stage>.log per stage")
@@ -302,6 +309,10 @@ def _run(args: argparse.Namespace) -> int:
     plan = load_plan(root, args.targets)
     durations = read_durations(args.durations)
     cores = len(os.sched_getaffinity(0))
+    if args.jobs is None:
+        import torch
+
+        args.jobs = default_jobs(cores, torch.cuda.device_count())
     env = stage_env(args.jobs, cores, os.environ)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     handles: dict[str, tuple[subprocess.Popen, IO[str]]] = {}
