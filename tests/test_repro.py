@@ -191,7 +191,7 @@ sys.exit(code)
 """
 
 
-def _project(tmp_path: Path, fail: str = "") -> Path:
+def _project(tmp_path: Path, fail: str = "", seconds: float = 4) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     (project / "stage.py").write_text(STAGE_SCRIPT)
@@ -200,8 +200,8 @@ def _project(tmp_path: Path, fail: str = "") -> Path:
         return {"cmd": f"python stage.py {name} {seconds} {1 if name == fail else 0}",
                 "deps": ["stage.py", *[f"out/{dep}.json" for dep in deps]], "outs": [f"out/{name}.json"]}
 
-    stages = {"prep": stage("prep", 0, []), "left": stage("left", 4, ["prep"]),
-              "right": stage("right", 4, ["prep"]), "join": stage("join", 0, ["left", "right"])}
+    stages = {"prep": stage("prep", 0, []), "left": stage("left", seconds, ["prep"]),
+              "right": stage("right", seconds, ["prep"]), "join": stage("join", 0, ["left", "right"])}
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
         subprocess.run(command, cwd=project, check=True, capture_output=True)
@@ -247,3 +247,28 @@ def test_real_dvc_failure_names_the_stage_and_keeps_finished_outputs(tmp_path):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prep", "left"}  # `left` ran beside the failure and was committed
     assert not (project / "out" / "join.json").exists()
+
+
+@pytest.mark.slow
+def test_interrupting_repro_stops_its_stages_and_a_rerun_finishes(tmp_path):
+    import signal
+    import time
+
+    project = _project(tmp_path, seconds=30)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "idd_edge.cli", "repro", "--jobs", "2"], cwd=project, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = project / "artifacts/logs/repro/left.log"
+    deadline = time.monotonic() + 60
+    while "Running stage" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # to this process only, as `kill -INT` would: the stages must hear of it
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    assert not (project / "out" / "left.json").exists()  # stopped mid-sleep, nothing committed of it
+    lock = yaml.safe_load((project / "dvc.lock").read_text()) if (project / "dvc.lock").exists() else {}
+    assert "left" not in lock.get("stages", {})
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text().replace(" 30 ", " 0 "))
+    done = _repro(project)
+    assert done.returncode == 0 and "0 failed" in done.stderr, done.stderr

@@ -27,6 +27,7 @@ stages run, a line a minute about each, and a failed stage's last lines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -321,7 +322,8 @@ def _run(args: argparse.Namespace) -> int:
         log = log_path(args.log_dir, stage).open("w", encoding="utf-8")
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root,
+            start_new_session=True)  # its own process group, which an interrupt is passed on to
         handles[stage] = (process, log)
         return process
 
@@ -368,15 +370,19 @@ def _run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
         runs = run_plan(plan, start, args.jobs, args.keep_going, on_change, on_wait, durations)
-    except KeyboardInterrupt:
-        # A terminal's Ctrl-C reaches the stage processes too; a SIGINT sent to this process alone does
-        # not, so pass it on. DVC stops its stage's command and commits nothing of it.
+    except BaseException as exc:
+        # Ctrl-C, a SIGINT to this process, or an error here (a closed output pipe): stop the stages, or
+        # they would run on unwatched. Each runs in its own session, so the signal goes to its whole group:
+        # `dvc repro` itself ignores SIGINT while its stage's command runs and leaves it to that command
+        # (which it then does not commit).
         for process, _ in handles.values():
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGINT)
-                process.wait()
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGINT)
+        for process, _ in handles.values():
+            process.wait()
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         console.print("idd-edge repro: interrupted; finished stages are committed, re-run to go on")
         return 130
     wall = time.monotonic() - began
