@@ -39,7 +39,7 @@ imx500-env: $(UV)
 	  echo "warning: IMX500 toolchain not installed; compile-imx500 will write a status saying so" >&2; }
 
 # `idd-edge repro` is `dvc repro` with independent stages side by side (one per core, each on
-# cores/jobs threads; see src/idd_edge/repro.py): on 2 cores the default pipeline takes 1071-1121 s from a
+# cores/jobs threads; see src/idd_edge/repro.py): on 2 cores the default pipeline takes 990-1121 s from a
 # fresh clone, where one stage at a time on both threads took 1523-1601 s. A plain `dvc repro` trains the
 # same models (training fixes its thread count). Stages call `idd-edge`, so the environment's bin/ goes
 # first on PATH (no activation needed).
