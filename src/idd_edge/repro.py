@@ -116,7 +116,8 @@ class Job(Protocol):
 
 @dataclasses.dataclass
 class StageRun:
-    """One stage's outcome: `ran`, `up to date`, `failed`, `skipped` (upstream failed) or `not run`."""
+    """One stage's state: `not run`, `running`, then `ran`, `up to date`, `restored` (DVC's run cache),
+    `failed` or `skipped` (an upstream stage failed)."""
 
     stage: str
     status: str = "not run"
@@ -229,22 +230,26 @@ def classify(run: StageRun, log: Path) -> None:
     run.status = "restored" if "is cached" in text else "up to date"  # from DVC's run cache, or unchanged
 
 
-def tail(path: Path, lines: int = TAIL_LINES) -> str:
+def _log_lines(path: Path, window: int | None = None) -> list[str]:
+    """A stage log's non-empty lines, progress-bar redraws (carriage returns) split into lines of their own;
+    only from its last `window` bytes when given (the minute lines read a growing log)."""
     if not path.is_file():
-        return ""
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+        return []
+    with path.open("rb") as handle:
+        if window is not None:
+            handle.seek(max(0, path.stat().st_size - window))
+        text = handle.read().decode("utf-8", errors="replace").replace("\r", "\n")
+    return [line.rstrip() for line in text.splitlines() if line.strip()]  # tracebacks keep their indent
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    return "\n".join(_log_lines(path)[-lines:])
 
 
 def last_line(path: Path, limit: int = 110) -> str:
     """The last non-empty line of a log (a progress bar's latest state), shortened."""
-    if not path.is_file():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 4096))
-        text = handle.read().decode("utf-8", errors="replace").replace("\r", "\n")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
+    lines = _log_lines(path, window=4096)
+    line = lines[-1].strip() if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
