@@ -24,8 +24,10 @@ def test_label_level_configs_are_the_label_table_s_levels() -> None:
     assert sorted(path.stem for path in Path("conf/label_level").glob("*.yaml")) == sorted(labels.LEVEL_ENCODING)
     for level in labels.LEVEL_ENCODING:
         composed = config.compose([f"label_level={level}"])["label_level"]
+        mix_classes = composed.pop("mix_classes")  # a training choice (train.<role>.class_mix), not a fact
         assert composed == {"name": level, "encoding": labels.LEVEL_ENCODING[level],
                             "num_classes": labels.num_classes(level), "dir_name": labels.LEVEL_DIR_NAME[level]}
+        assert set(mix_classes) <= set(labels.LEVEL_CLASS_NAMES[level])
 
 
 def test_the_runtime_knows_the_same_label_levels() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,41 @@ def test_training_augmentation_moves_image_and_mask_together(tmp_path):
             if inner.any():
                 colour = rgb[:, inner].median(dim=1).values
                 assert torch.allclose(colour, torch.tensor(BAND_COLORS[slot], dtype=torch.float32), atol=3)
+
+
+def test_class_mix_pastes_the_other_images_class_pixels_in_place(tmp_path):
+    split = make_band_split(tmp_path, {"train": 3}, noise=0.0) / "train"
+    sky = BAND_CLASSES[3]
+    dataset = IDDSegDataset(split, "level2", (64, 64), Augment(class_mix=1.0, mix_classes=(sky,)))
+    image, mask = dataset.load(0)
+    source_image, source_mask = dataset.load(2)
+    mixed_image, mixed_mask, where = dataset.paste_classes(image, mask, 2)
+    assert where.any() and np.array_equal(where, source_mask == sky)
+    assert np.array_equal(mixed_mask[where], source_mask[where]) and np.array_equal(mixed_image[where], source_image[where])
+    assert np.array_equal(mixed_mask[~where], mask[~where]) and np.array_equal(mixed_image[~where], image[~where])
+    assert np.array_equal(dataset.load(0)[1], mask)  # the loaded arrays are not changed in place
+
+    # A source of another size is resized to the image's first (IDD mixes 1920x1080 and 1280x720 frames).
+    big_image = cv2.resize(source_image, (192, 144), interpolation=cv2.INTER_NEAREST)
+    big_mask = cv2.resize(source_mask, (192, 144), interpolation=cv2.INTER_NEAREST)
+    _write_pair(split, "drive0_train002", big_image, big_mask)
+    _mixed_image, resized_mask, resized_where = dataset.paste_classes(image, mask, 2)
+    assert resized_mask.shape == mask.shape and (resized_where == (source_mask == sky)).mean() > 0.97
+
+
+def test_class_mix_draws_another_image_and_draws_nothing_when_off():
+    mixing = Augment(class_mix=1.0, mix_classes=(4,))
+    torch.manual_seed(0)
+    assert {mixing.mix_source(1, 4) for _ in range(60)} == {0, 2, 3}  # never the image itself
+    assert {mixing.mix_source(3, 4) for _ in range(60)} == {0, 1, 2}
+    assert Augment(class_mix=0.5, mix_classes=(4,)).mix_source(0, 2) in (None, 1)
+    # Without ClassMix no random number is drawn: the teacher and the seed's recipe train as before.
+    state = torch.get_rng_state()
+    for off, count in ((Augment(), 5), (Augment(class_mix=1.0), 5), (mixing, 1)):
+        assert off.mix_source(0, count) is None
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="probability"):
+        Augment(class_mix=1.5)
 
 
 def test_raw_idd_ids_are_remapped_to_the_level(tmp_path):

@@ -21,7 +21,7 @@ from idd_edge.seg.logit_cache import INDEX_NAME, LOGITS_NAME, TeacherLogits, res
 from idd_edge.seg.models import build_model
 from idd_edge.seg.teacher_logits import CacheSettings
 from idd_edge.seg.trained import load_trained, save_trained
-from tests.test_seg_data import make_band_split
+from tests.test_seg_data import BAND_CLASSES, make_band_split
 
 IMAGE_HW = (90, 160)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,6 +85,33 @@ def test_the_training_dataset_yields_the_cached_logits_of_its_own_crop(tmp_path)
     batch = collate([dataset[0], dataset[1]])
     assert [tuple(t.shape) for t in batch] == [(2, 3, 64, 64), (2, 64, 64), (2, 3, 64, 64)]
     assert batch[2].is_contiguous(memory_format=torch.channels_last)  # what the KD loss reads without a copy
+
+
+def test_class_mix_mixes_the_cached_logits_with_the_image(tmp_path):
+    # The pointwise teacher of the test above: with ClassMix, the pasted pixels must take the cached logits
+    # of the image they came from, so the region still looks like the (mixed) image.
+    split = make_band_split(tmp_path, {"train": 3}, size_hw=IMAGE_HW, noise=0.0) / "train"
+    pairs = sorted((split / "images").iterdir())
+    colours = np.stack([read_image(path).transpose(2, 0, 1) / 255.0 for path in pairs])
+    cache = write_cache(tmp_path / "cache", colours, [path.stem for path in pairs])
+    augment = Augment(scale=(0.3, 1.0), hflip=0.5, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                      class_mix=1.0, mix_classes=(BAND_CLASSES[1], BAND_CLASSES[3]))
+    dataset = IDDSegDataset(split, "level2", (64, 64), augment, teacher_logits=cache)
+    torch.manual_seed(0)
+    for index in (0, 1, 2, 0, 1):
+        image, _mask, logits = dataset[index]
+        rgb = image * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        assert (logits.float() - rgb).abs().mean() < 0.01
+    # The blend goes by the share of each cached cell the pasted pixels cover.
+    whole = Crop(0, 0, *IMAGE_HW, False)
+    where = np.zeros(IMAGE_HW, bool)
+    where[:, : IMAGE_HW[1] // 2] = True
+    mixed = cache.region(pairs[0].stem, whole, IMAGE_HW, IMAGE_HW, (pairs[1].stem, where)).float().numpy()
+    left, right = slice(None, IMAGE_HW[1] // 2 - 1), slice(IMAGE_HW[1] // 2 + 1, None)
+    assert np.abs(mixed[:, :, left] - colours[1][:, :, left]).max() < 0.01
+    assert np.abs(mixed[:, :, right] - colours[0][:, :, right]).max() < 0.01
+    with pytest.raises(ValueError, match="must be \\(H, W\\)"):
+        cache.region(pairs[0].stem, whole, IMAGE_HW, (8, 8), (pairs[1].stem, where[None]))
 
 
 def test_a_foreign_or_stale_cache_is_refused_naming_its_index(tmp_path):

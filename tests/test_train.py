@@ -81,7 +81,7 @@ def test_the_teacher_logit_cache_follows_online_kd_closely(trained):
 @pytest.mark.slow
 def test_online_kd_runs_the_teacher_on_each_batch_and_learns(trained, band_split, tmp_path):
     shutil.copytree(trained["out"] / "teacher", tmp_path / "teacher")
-    params = shrunk_params(band_split, tmp_path, "train.kd.teacher_logits=online")
+    params = shrunk_params(band_split, tmp_path, "train.kd.teacher_logits=online", "train.kd.epochs=3")
     job = seg_train.job_from_params(params, "kd", "mnv4s_lraspp", "test")
     assert job.teacher_logits is None
     online = seg_train.train(job)
@@ -324,6 +324,25 @@ def test_the_idd_full_experiment_carries_the_seed_recipe():
         {"epochs": 50, "lr": 6e-4, "batch_size": 32}
     assert {k: train_cfg["kd"][k] for k in ("epochs", "lr", "batch_size", "temperature", "alpha", "loss")} == \
         {"epochs": 100, "lr": 6e-4, "batch_size": 24, "temperature": 4.0, "alpha": 1.0, "loss": "kl"}
+    assert [train_cfg[role]["class_mix"] for role in seg_train.ROLES] == [0.0, 0.0, 0.0]  # the seed had no ClassMix
+
+
+def test_class_mix_is_set_per_role_for_the_levels_mix_classes(band_split, tmp_path):
+    params = shrunk_params(band_split, tmp_path)
+    jobs = {role: seg_train.job_from_params(params, role, "mnv4s_lraspp", "test") for role in seg_train.ROLES}
+    person = LEVEL_CLASS_NAMES["level2"].index("person")
+    assert {role: (job.augment["class_mix"], job.augment["mix_classes"]) for role, job in jobs.items()} == \
+        {"teacher": (0.0, [person]), "baseline": (1.0, [person]), "kd": (1.0, [person])}
+    level1 = seg_train.job_from_params(shrunk_params(band_split, tmp_path, "label_level=level1"), "kd", "mnv4s_lraspp", "t")
+    assert level1.augment["mix_classes"] == [LEVEL_CLASS_NAMES["level1"].index("living-thing")]
+    with pytest.raises(InputError, match=r"params.yaml: label_level.mix_classes: 'pedestrian' not a level2 class"):
+        seg_train.job_from_params(shrunk_params(band_split, tmp_path, "label_level.mix_classes=[pedestrian]"),
+                                  "baseline", "mnv4s_lraspp", "params.yaml")
+    with pytest.raises(InputError, match=r"train.kd.class_mix must be a probability between 0 and 1, got 2"):
+        seg_train.job_from_params(shrunk_params(band_split, tmp_path, "train.kd.class_mix=2"), "kd", "mnv4s_lraspp", "p")
+    del params["train"]["baseline"]["class_mix"]
+    with pytest.raises(InputError, match=r"train.baseline.class_mix is missing"):
+        seg_train.job_from_params(params, "baseline", "mnv4s_lraspp", "p")
 
 
 def test_engine_resolves_precision_per_accelerator():

@@ -11,6 +11,10 @@ otherwise it is taken as raw IDD label ids (0-39) and remapped with `labels.leve
 The choice is per mask; a raw-id mask that happens to hold only values below the class count is
 indistinguishable from a train-id mask, so set `mask_mode: train_id` or `id` when the data is known.
 
+ClassMix (`Augment.class_mix`): before the crop, the pixels of the mix classes in another training image
+are pasted into the image and its mask at the same place (a source of another size is resized to the
+image's first); with a logit cache the teacher's logits are mixed alike (`TeacherLogits.region`).
+
 Bad data is an InputError naming the file: an image without mask or the reverse, unreadable files, a
 size mismatch between image and mask, values outside the label space.
 """
@@ -182,13 +186,33 @@ class IDDSegDataset(Dataset):
             image = resize_semantic(image, self.size[1], self.size[0])
             image_t = self.transform(image_tensor(np.ascontiguousarray(image)))
             return image_t.as_subclass(torch.Tensor), torch.from_numpy(resize_mask(mask, self.size)).long()
+        source = self.augment.mix_source(index, len(self))
+        pasted = None
+        if source is not None:
+            image, mask, pasted = self.paste_classes(image, mask, source)
         image_t, mask_t = image_tensor(image), tv_tensors.Mask(torch.from_numpy(mask))
         crop = self.augment.sample(image_t)
         image_t, mask_t = crop.apply(image_t, mask_t, self.size)
         sample = (self.transform(image_t).as_subclass(torch.Tensor), mask_t.as_subclass(torch.Tensor).long())
         if self.teacher_logits is None:
             return sample
-        return (*sample, self.teacher_logits.region(self.pairs[index][0].stem, crop, image.shape[:2], self.size))
+        paste = None if pasted is None else (self.pairs[source][0].stem, pasted)
+        return (*sample, self.teacher_logits.region(self.pairs[index][0].stem, crop, image.shape[:2], self.size, paste))
+
+    def paste_classes(self, image: np.ndarray, mask: np.ndarray, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ClassMix: `image` and `mask` (new arrays) with every pixel of the augmentation's mix classes in
+        training image `source` pasted in at the same place, and the (H, W) bool map of where. A source of
+        another size is resized to the image's (image bilinear, mask nearest): IDD mixes 1920x1080 and
+        1280x720 frames of the same 16:9 view."""
+        source_image, source_mask = self.load(source)
+        height, width = mask.shape
+        if source_mask.shape != mask.shape:
+            source_image = cv2.resize(source_image, (width, height), interpolation=cv2.INTER_LINEAR)
+            source_mask = resize_mask(source_mask, (height, width))
+        where = np.isin(source_mask, self.augment.mix_classes)
+        image, mask = image.copy(), mask.copy()
+        image[where], mask[where] = source_image[where], source_mask[where]
+        return image, mask, where
 
 
 def image_tensor(image: np.ndarray) -> Any:

@@ -80,10 +80,16 @@ class TeacherLogits:
             raise InputError(self.index_path, f"no cached logits for {len(missing)} training image(s), e.g. "
                                               f"{missing[0]!r}; re-run `idd-edge teacher-logits`")
 
-    def region(self, stem: str, crop: Crop, image_hw: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    def region(self, stem: str, crop: Crop, image_hw: tuple[int, int], size: tuple[int, int],
+               paste: tuple[str, np.ndarray] | None = None) -> torch.Tensor:
         """(C, H, W) float16 logits of `crop` (a box in source-image pixels) resized to `size`, mirrored when
         the crop is: the box is mapped onto the cached grid and resampled like the image itself (bilinear,
-        antialiased when shrinking: `resample_weights`), as two small matrix products."""
+        antialiased when shrinking: `resample_weights`), as two small matrix products.
+
+        `paste` (ClassMix): (stem of the image pixels were pasted from, (H, W) bool map of where, at
+        `image_hw`). Each cached cell then takes that image's logits in the share of its area the pasted
+        pixels cover: the teacher's view of the pasted objects in their own scene, which is what the
+        cache approximates anyway (the teacher never sees the mixed image)."""
         import torch
 
         cached_hw = tuple(self.index["image_sizes"][self.row[stem]])
@@ -91,6 +97,8 @@ class TeacherLogits:
             raise InputError(self.index_path, f"{stem}: cached for a {cached_hw[1]}x{cached_hw[0]} image, the image "
                                               f"is {image_hw[1]}x{image_hw[0]}; re-run `idd-edge teacher-logits`")
         cached = self.array[self.row[stem]]
+        if paste is not None:
+            cached = self._pasted(cached, *paste)
         _classes, height, width = cached.shape
         scale_y, scale_x = height / image_hw[0], width / image_hw[1]
         rows = resample_weights(crop.top * scale_y, crop.height * scale_y, height, size[0])
@@ -103,6 +111,19 @@ class TeacherLogits:
         cols = cols[:, left:right].flip(0) if crop.flip else cols[:, left:right]
         region = cols @ (rows[:, top:bottom] @ logits.reshape(bottom - top, -1)).reshape(size[0], right - left, -1)
         return region.half().permute(2, 0, 1)
+
+    def _pasted(self, cached: np.ndarray, source_stem: str, where: np.ndarray) -> np.ndarray:
+        """(C, h, w) float32: `cached` with `source_stem`'s cached logits blended in by the share of each
+        cached cell that `where` (pasted pixels, image resolution) covers (area average)."""
+        import torch
+        import torch.nn.functional as F
+
+        if where.ndim != 2:
+            raise ValueError(f"the pasted-pixel map must be (H, W), got shape {where.shape}")
+        cover = F.interpolate(torch.from_numpy(where.astype(np.float32))[None, None], size=cached.shape[1:],
+                              mode="area")[0, 0].numpy()
+        source = np.asarray(self.array[self.row[source_stem]], dtype=np.float32)
+        return np.asarray(cached, dtype=np.float32) * (1.0 - cover) + source * cover
 
 
 def _support(weights: torch.Tensor) -> tuple[int, int]:

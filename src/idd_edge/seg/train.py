@@ -356,6 +356,8 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
             raise InputError(source, f"unknown student {student!r}; choose one of {', '.join(students)}")
         model_cfg = students[student]
     role_cfg = dict(train_cfg[role])
+    augment = {**train_cfg["augment"], "class_mix": _probability(role_cfg.pop("class_mix", None), f"train.{role}.class_mix", source),
+               "mix_classes": mix_class_ids(level, source)}
     kd = {k: role_cfg.pop(k) for k in KD_KEYS} if role == "kd" else None
     if kd is not None and kd["teacher_logits"] not in TEACHER_LOGITS:
         raise InputError(source, f"train.kd.teacher_logits is {kd['teacher_logits']!r}; choose one of {', '.join(TEACHER_LOGITS)}")
@@ -371,7 +373,7 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
         image_size=tuple(train_cfg["image_size"]),
         schedule=Schedule(**role_cfg),
         optim=dict(train_cfg["optim"]),
-        augment=dict(train_cfg["augment"]),
+        augment=augment,
         loss=dict(train_cfg["loss"]),
         kd=kd,
         teacher_dir=out_dir / "teacher" if role == "kd" else None,
@@ -382,6 +384,29 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
         eval_batch_size=int(train_cfg["eval_batch_size"]),
         engine=EngineConfig.from_params(dict(train_cfg["engine"])),
     )
+
+
+def _probability(value: Any, key: str, source: str | Path) -> float:
+    if value is None:
+        raise InputError(source, f"{key} is missing (the probability of ClassMix for that role; 0 for none)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InputError(source, f"{key} must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def mix_class_ids(level: dict[str, Any], source: str | Path) -> list[int]:
+    """Train ids of `label_level.mix_classes` (class names of the level), the classes ClassMix pastes."""
+    from idd_edge.labels import LEVEL_CLASS_NAMES
+
+    names = LEVEL_CLASS_NAMES[level["name"]]
+    wanted = level.get("mix_classes")
+    if not isinstance(wanted, (list, tuple)):
+        raise InputError(source, f"label_level.mix_classes must be a list of {level['name']} class names, got {wanted!r}")
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise InputError(source, f"label_level.mix_classes: {', '.join(map(repr, unknown))} not a {level['name']} "
+                                 f"class; choose from {', '.join(names)}")
+    return [names.index(name) for name in wanted]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
