@@ -356,8 +356,8 @@ def job_from_params(params: dict[str, Any], role: str, student: str | None, sour
             raise InputError(source, f"unknown student {student!r}; choose one of {', '.join(students)}")
         model_cfg = students[student]
     role_cfg = dict(train_cfg[role])
-    augment = {**train_cfg["augment"], "class_mix": _probability(role_cfg.pop("class_mix", None), f"train.{role}.class_mix", source),
-               "mix_classes": mix_class_ids(level, source)}
+    class_mix = _probability(role_cfg.pop("class_mix", None), f"train.{role}.class_mix", source)
+    augment = {**train_cfg["augment"], "class_mix": class_mix, "mix_classes": mix_class_ids(level, source)}
     kd = {k: role_cfg.pop(k) for k in KD_KEYS} if role == "kd" else None
     if kd is not None and kd["teacher_logits"] not in TEACHER_LOGITS:
         raise InputError(source, f"train.kd.teacher_logits is {kd['teacher_logits']!r}; choose one of {', '.join(TEACHER_LOGITS)}")
