@@ -2,15 +2,17 @@
 
     .venv/bin/python benchmarks/kd_seeds.py [--seeds 1 2] [--reuse]
 
-Runs `dvc exp run -S train.student_seed=<seed> train_baseline train_kd` for each seed in the workspace (the
+Runs `dvc exp run -S train.student_seed=<seed> train_baseline train_kd evaluate` for each seed in the workspace (the
 teacher, its logit cache and the data stay those of the committed run, up to date in the workspace, so DVC
 does not train them again: only the students' initialisation and data order change; `--force` would
 re-run every stage upstream of the targets, the teacher included), then restores the committed run
 (`git checkout HEAD -- params.yaml dvc.lock artifacts`, `dvc checkout`). Needs the committed run in the
 workspace and DVC cache (after `make repro`) and no uncommitted change to params.yaml or dvc.lock. Reads
 each run's best val mIoU from the experiment's `train_metrics.json` and adds the
-committed workspace run (its `train.student_seed`). Prints a Markdown table: per student and seed the
-baseline and KD mIoU and KD - baseline, then the mean and the sample standard deviation of KD - baseline.
+committed workspace run (its `train.student_seed`). Prints Markdown tables: per student and seed the
+baseline and KD mIoU and KD - baseline; the mean and the sample standard deviation of KD - baseline; per
+seed the best student (by mIoU, as issue 10 judges it) and its IoU of the road-scene "thing" classes
+(the evaluate stage's `eval/metrics.json`; the evaluate stages of the teacher and YOLO26n-sem stay up to date).
 `--reuse` reads experiments named `kd-seed<seed>` that exist already instead of running them.
 """
 
@@ -38,10 +40,22 @@ def experiment_ref(name: str) -> str | None:
     return next((ref for ref in refs if ref.rsplit("/", 1)[-1] == name), None)
 
 
+#: the classes issue 10 asks the best student to learn
+THING_CLASSES = ("person", "rider", "2-wheeler", "small-vehicle", "large-vehicle")
+
+
+def run_json(rev: str | None, path: str) -> dict:
+    """A JSON output of the workspace run (rev None) or of an experiment's commit."""
+    return json.loads((ROOT / path).read_text() if rev is None else git("show", f"{rev}:{path}"))
+
+
 def best_miou(rev: str | None, run: str) -> float:
-    path = f"artifacts/seg/{run}/train_metrics.json"
-    text = (ROOT / path).read_text() if rev is None else git("show", f"{rev}:{path}")
-    return 100.0 * float(json.loads(text)["best_miou"])
+    return 100.0 * float(run_json(rev, f"artifacts/seg/{run}/train_metrics.json")["best_miou"])
+
+
+def class_iou(rev: str | None, run: str) -> dict[str, float]:
+    per_class = run_json(rev, f"artifacts/seg/{run}/eval/metrics.json")["per_class_iou"]
+    return {name: 100.0 * float(per_class[name]) for name in THING_CLASSES}
 
 
 def main() -> None:
@@ -63,7 +77,7 @@ def main() -> None:
                     subprocess.run(["dvc", "exp", "remove", name], cwd=ROOT, check=True)
                 # no --force: it re-runs every stage upstream of the targets, the teacher included
                 subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"train.student_seed={seed}",
-                                "train_baseline", "train_kd"], cwd=ROOT, check=True)
+                                "train_baseline", "train_kd", "evaluate"], cwd=ROOT, check=True)
             revs[seed] = experiment_ref(name)
     finally:  # the workspace holds the last experiment's outputs: back to the committed run
         git("checkout", "HEAD", "--", "params.yaml", "dvc.lock", "artifacts")
@@ -87,6 +101,14 @@ def main() -> None:
     print("\n| student | mean KD - baseline | std (n-1) | worst seed |")
     print("|---|---|---|---|")
     print("\n".join(summary))
+
+    print("\n| seed | best student | mIoU | " + " | ".join(THING_CLASSES) + " |")
+    print("|---|---|---|" + "---|" * len(THING_CLASSES))
+    for seed, rev in revs.items():
+        runs = [f"{role}_{student}" for student in students for role in ("baseline", "kd")]
+        best = max(runs, key=lambda run: best_miou(rev, run))
+        ious = class_iou(rev, best)
+        print(f"| {seed} | {best} | {best_miou(rev, best):.2f} | " + " | ".join(f"{ious[name]:.1f}" for name in THING_CLASSES) + " |")
 
 
 if __name__ == "__main__":
