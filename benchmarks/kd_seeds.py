@@ -87,13 +87,16 @@ def main() -> None:
         if ref is None:
             raise SystemExit(f"experiment {name} not found after running it")
 
+    runs = [f"{role}_{student}" for student in students for role in ("baseline", "kd")]
+    # one read per run and seed (a `git show` for each experiment's file), used by both tables
+    miou = {seed: {run: best_miou(rev, run) for run in runs} for seed, rev in revs.items()}
     print("| student | seed | baseline mIoU | KD mIoU | KD - baseline |")
     print("|---|---|---|---|---|")
     summary = []
     for student in students:
         gains = []
-        for seed, rev in revs.items():
-            base, kd = best_miou(rev, f"baseline_{student}"), best_miou(rev, f"kd_{student}")
+        for seed in revs:
+            base, kd = miou[seed][f"baseline_{student}"], miou[seed][f"kd_{student}"]
             gains.append(kd - base)
             print(f"| {student} | {seed} | {base:.2f} | {kd:.2f} | {kd - base:+.2f} |")
         spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
@@ -105,10 +108,9 @@ def main() -> None:
     print("\n| seed | best student | mIoU | " + " | ".join(THING_CLASSES) + " |")
     print("|---|---|---|" + "---|" * len(THING_CLASSES))
     for seed, rev in revs.items():
-        runs = [f"{role}_{student}" for student in students for role in ("baseline", "kd")]
-        best = max(runs, key=lambda run: best_miou(rev, run))
+        best = max(runs, key=miou[seed].get)  # max keeps the first of equal scores, as before
         ious = class_iou(rev, best)
-        print(f"| {seed} | {best} | {best_miou(rev, best):.2f} | " + " | ".join(f"{ious[name]:.1f}" for name in THING_CLASSES) + " |")
+        print(f"| {seed} | {best} | {miou[seed][best]:.2f} | " + " | ".join(f"{ious[name]:.1f}" for name in THING_CLASSES) + " |")
 
 
 if __name__ == "__main__":
