@@ -20,17 +20,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+
+from idd_edge.repro import with_own_bin_first
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def dvc(*args: str, **kwargs: object) -> None:
+    """`dvc ARGS` of this interpreter's environment; its stages find `idd-edge` there too (the documented
+    `.venv/bin/python benchmarks/kd_seeds.py` runs without an activated environment)."""
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=True,
+                   env=with_own_bin_first(os.environ), **kwargs)
 
 
 def experiment_ref(name: str) -> str | None:
@@ -74,14 +85,14 @@ def main() -> None:
             name = f"kd-seed{seed}"
             if not (args.reuse and experiment_ref(name)):
                 if experiment_ref(name):
-                    subprocess.run(["dvc", "exp", "remove", name], cwd=ROOT, check=True)
+                    dvc("exp", "remove", name)
                 # no --force: it re-runs every stage upstream of the targets, the teacher included
-                subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"train.student_seed={seed}",
-                                "train_baseline", "train_kd", "evaluate"], cwd=ROOT, check=True)
+                dvc("exp", "run", "-n", name, "-S", f"train.student_seed={seed}", "train_baseline", "train_kd",
+                    "evaluate")
             revs[seed] = experiment_ref(name)
     finally:  # the workspace holds the last experiment's outputs: back to the committed run
         git("checkout", "HEAD", "--", "params.yaml", "dvc.lock", "artifacts")
-        subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, check=True, capture_output=True)
+        dvc("checkout", "--force", capture_output=True)
     for seed in args.seeds:
         name, ref = f"kd-seed{seed}", revs[seed]
         if ref is None:

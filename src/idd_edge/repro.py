@@ -209,6 +209,13 @@ def stage_env(jobs: int, cores: int, base: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("PYTHONUNBUFFERED", "1")  # stdout is a log file: progress bars must reach it as they go
+    return with_own_bin_first(env)
+
+
+def with_own_bin_first(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's bin/ first on PATH, so that `dvc` and the stages' `idd-edge` are those
+    of the environment running this (no activation needed)."""
+    env = dict(env)
     bin_dir = str(Path(sys.executable).parent)
     if env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         env["PATH"] = os.pathsep.join(filter(None, [bin_dir, env.get("PATH")]))
